@@ -1,0 +1,14 @@
+//! hearth's builder: the content-addressed store, the pinned fetcher, recipes, OCI
+//! registry pulls, and (in `format`) the byte-level image formats.
+//!
+//! Boundaries: `digest`, `recipe` parsing and `format` are pure (bytes in, bytes
+//! out); `store` touches only the store directory; `fetch` and `oci` do network I/O;
+//! nothing here prints (progress goes through [`report::Reporter`]).
+
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod digest;
+pub mod fetch;
+pub mod report;
+pub mod store;

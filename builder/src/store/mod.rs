@@ -1,0 +1,845 @@
+//! The content-addressed store, Nix-style.
+//!
+//! An entry is a directory `STORE/<hash>-<name>` holding its outputs and a
+//! `manifest.json` that records every output's sha256. Invariants:
+//!
+//! - An entry appears only by `rename(2)` of a fully written, read-only temporary
+//!   sibling under `STORE/.tmp`; a crash leaves at most debris under `.tmp` (swept
+//!   the next time that entry is made) or a resumable download under `.partial`,
+//!   never a half entry.
+//! - One lock file per hash part under `STORE/.locks` serialises the processes that
+//!   want the same entry, so an input is downloaded or built once.
+//! - The hash part is derived from the entry's key (see [`EntryKey`]): fixed-output
+//!   entries from the pinned sha256 alone (the same bytes from any URL are the same
+//!   entry), derived entries from a canonical hash of everything that went in.
+//! - Roots live in `STORE/.roots`; `gc` keeps their closure (via each manifest's
+//!   `references`) and removes the rest.
+
+mod bundle;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::digest::{self, Sha256};
+
+pub use bundle::{BundleError, ImportSummary};
+
+/// Version of the manifest layout; part of every derived key.
+pub const MANIFEST_FORMAT: u32 = 1;
+/// File name of an entry's manifest.
+pub const MANIFEST_FILE: &str = "manifest.json";
+
+const TMP_DIR: &str = ".tmp";
+const LOCK_DIR: &str = ".locks";
+const PARTIAL_DIR: &str = ".partial";
+const ROOTS_DIR: &str = ".roots";
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A file-system operation failed.
+    #[error("{op} `{}`", path.display())]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The path involved.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// An argument that is not a store entry.
+    #[error("`{0}` is not a store entry name (expected `<32-char hash>-<name>`)")]
+    BadEntryName(String),
+    /// The entry does not exist.
+    #[error("no store entry `{0}`")]
+    Missing(String),
+    /// A manifest that cannot be parsed.
+    #[error("manifest of `{entry}` is unreadable")]
+    BadManifest {
+        /// The entry.
+        entry: String,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A name that cannot be part of a store path.
+    #[error("`{0}` cannot be used as a store name (letters, digits, `+-._?=` only, not starting with `.`)")]
+    BadName(String),
+    /// Content that does not match its recorded hash.
+    #[error("content of `{}` does not match: expected sha256 {expected}, found {actual}", path.display())]
+    HashMismatch {
+        /// File that was checked.
+        path: PathBuf,
+        /// Pinned or recorded digest.
+        expected: Sha256,
+        /// Digest of the bytes found.
+        actual: Sha256,
+    },
+}
+
+type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io { op, path: path.to_owned(), source }
+}
+
+/// What an entry's hash part is derived from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EntryKey {
+    /// A download pinned by the sha256 of its bytes.
+    Fixed(Sha256),
+    /// An OCI image pinned by the digest of its manifest or index, for a platform.
+    Oci {
+        /// The pinned digest.
+        digest: Sha256,
+        /// `os/arch`.
+        platform: String,
+    },
+    /// Anything built: the sha256 of a canonical description of all inputs.
+    Derived(Sha256),
+}
+
+impl EntryKey {
+    /// The key as the text that is hashed.
+    pub fn canonical(&self) -> String {
+        match self {
+            EntryKey::Fixed(d) => format!("fixed:sha256:{d}"),
+            EntryKey::Oci { digest, platform } => format!("oci:sha256:{digest}:{platform}"),
+            EntryKey::Derived(d) => format!("derived:v{MANIFEST_FORMAT}:sha256:{d}"),
+        }
+    }
+    /// The 32-character hash part of the entry's path.
+    pub fn hash_part(&self) -> String {
+        digest::store_hash_part(&self.canonical())
+    }
+}
+
+/// The name of an entry: `<hash>-<name>`.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct StorePath {
+    hash: String,
+    name: String,
+}
+
+impl StorePath {
+    /// Parses `<hash>-<name>`, or a path whose last component is that.
+    pub fn parse(text: &str) -> Result<Self> {
+        let base = Path::new(text.trim_end_matches('/'))
+            .file_name()
+            .and_then(|s| s.to_str())
+            .ok_or_else(|| StoreError::BadEntryName(text.to_owned()))?;
+        let (hash, name) =
+            base.split_once('-').ok_or_else(|| StoreError::BadEntryName(text.to_owned()))?;
+        let hash_ok = hash.len() == 32 && hash.bytes().all(|b| b"0123456789abcdfghijklmnpqrsvwxyz".contains(&b));
+        if !hash_ok || check_name(name).is_err() {
+            return Err(StoreError::BadEntryName(text.to_owned()));
+        }
+        Ok(StorePath { hash: hash.to_owned(), name: name.to_owned() })
+    }
+    /// The hash part.
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+    /// The human part.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl fmt::Display for StorePath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.hash, self.name)
+    }
+}
+
+/// Checks that a name may be used in a store path (Nix's rule).
+pub fn check_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 200
+        && !name.starts_with('.')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-._?=".contains(&b));
+    if ok { Ok(()) } else { Err(StoreError::BadName(name.to_owned())) }
+}
+
+/// Turns arbitrary text (a URL's last segment, an image reference) into a valid name.
+pub fn sanitize_name(text: &str) -> String {
+    let mut out: String = text
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || "+-._?=".contains(c) { c } else { '_' })
+        .collect();
+    while out.starts_with('.') {
+        out.remove(0);
+    }
+    out.truncate(200);
+    if out.is_empty() { "unnamed".to_owned() } else { out }
+}
+
+/// One output file of an entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputRecord {
+    /// Digest of the file.
+    pub sha256: Sha256,
+    /// Size in bytes.
+    pub size: u64,
+    /// Whether the file is executable (mode 0555 instead of 0444).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub executable: bool,
+}
+
+/// The `manifest.json` of an entry. Serialised with sorted maps, so its bytes are a
+/// function of its content.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// [`MANIFEST_FORMAT`].
+    pub format: u32,
+    /// The key text the hash part comes from (see [`EntryKey::canonical`]).
+    pub key: String,
+    /// The entry's name part.
+    pub name: String,
+    /// Every output file, by path relative to the entry.
+    pub outputs: BTreeMap<String, OutputRecord>,
+    /// Entries this one refers to (its closure is these plus theirs).
+    #[serde(default)]
+    pub references: BTreeSet<String>,
+    /// Free-form, deterministic facts about the entry (e.g. the image reference).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub info: BTreeMap<String, String>,
+}
+
+impl Manifest {
+    /// Canonical bytes (pretty JSON, sorted keys, trailing newline).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut v = serde_json::to_vec_pretty(self).expect("manifest serialises");
+        v.push(b'\n');
+        v
+    }
+}
+
+/// What a build step hands back to [`Store::ensure`].
+#[derive(Default, Debug)]
+pub struct Outputs {
+    /// Files written into the temporary directory, with their digests.
+    pub files: BTreeMap<String, OutputRecord>,
+    /// Entries referred to.
+    pub references: BTreeSet<String>,
+    /// Extra manifest facts.
+    pub info: BTreeMap<String, String>,
+}
+
+/// The answer of [`Store::claim`].
+pub enum Claim {
+    /// The entry exists.
+    Present(StorePath),
+    /// The entry is ours to make.
+    Vacant(Pending),
+}
+
+/// An entry being made: holds its lock and its temporary directory.
+pub struct Pending {
+    store: Store,
+    key: EntryKey,
+    path: StorePath,
+    tmp: PathBuf,
+    _lock: EntryLock,
+    committed: bool,
+}
+
+impl Pending {
+    /// The temporary directory to write outputs into.
+    pub fn dir(&self) -> &Path {
+        &self.tmp
+    }
+    /// The path the entry will have.
+    pub fn path(&self) -> &StorePath {
+        &self.path
+    }
+    /// Writes the manifest, seals the tree and moves it into place.
+    pub fn commit(mut self, outputs: Outputs) -> Result<StorePath> {
+        let manifest = Manifest {
+            format: MANIFEST_FORMAT,
+            key: self.key.canonical(),
+            name: self.path.name.clone(),
+            outputs: outputs.files,
+            references: outputs.references,
+            info: outputs.info,
+        };
+        self.store.commit(&self.tmp, &self.path, &manifest)?;
+        self.committed = true;
+        Ok(self.path.clone())
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = remove_tree(&self.tmp);
+        }
+    }
+}
+
+/// An exclusive lock on one hash part, released on drop.
+pub struct EntryLock {
+    _file: File,
+}
+
+/// A problem found by [`Store::verify`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The entry.
+    pub entry: String,
+    /// What is wrong.
+    pub what: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.entry, self.what)
+    }
+}
+
+/// A store rooted at a directory.
+#[derive(Clone, Debug)]
+pub struct Store {
+    root: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `root`.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
+        let root = root.into();
+        for sub in [TMP_DIR, LOCK_DIR, PARTIAL_DIR, ROOTS_DIR] {
+            let p = root.join(sub);
+            fs::create_dir_all(&p).map_err(io_err("creating store directory", &p))?;
+        }
+        let root = root.canonicalize().map_err(io_err("resolving store directory", &root))?;
+        Ok(Store { root })
+    }
+
+    /// The store directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Absolute path of an entry.
+    pub fn entry_dir(&self, path: &StorePath) -> PathBuf {
+        self.root.join(path.to_string())
+    }
+
+    /// Where an interrupted download of `sha256` for the entry with hash part
+    /// `owner` is kept for resuming. Only the holder of `owner`'s lock touches it.
+    pub fn partial_file(&self, owner: &str, sha256: &Sha256) -> PathBuf {
+        self.root.join(PARTIAL_DIR).join(format!("{owner}-{sha256}"))
+    }
+
+    /// Adds a local file as the fixed-output entry for `expected`, hashing while
+    /// copying; a mismatch leaves the store unchanged.
+    pub fn add_file(&self, file: &Path, expected: Sha256, name: &str) -> Result<(StorePath, bool)> {
+        self.ensure(&EntryKey::Fixed(expected), name, || {}, |dir| {
+            let dest = dir.join(name);
+            let (actual, size) = copy_hashing(file, &dest)?;
+            if actual != expected {
+                return Err(StoreError::HashMismatch { path: file.to_owned(), expected, actual });
+            }
+            let mut out = Outputs::default();
+            out.files.insert(name.to_owned(), OutputRecord { sha256: actual, size, executable: false });
+            Ok(out)
+        })
+    }
+
+    /// Every entry, sorted.
+    pub fn list(&self) -> Result<Vec<StorePath>> {
+        let mut out = Vec::new();
+        for item in fs::read_dir(&self.root).map_err(io_err("reading store", &self.root))? {
+            let item = item.map_err(io_err("reading store", &self.root))?;
+            let name = item.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.starts_with('.') {
+                continue;
+            }
+            if let Ok(p) = StorePath::parse(name) {
+                out.push(p);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// The entry with this key, if present (whatever its name).
+    pub fn lookup(&self, key: &EntryKey) -> Result<Option<StorePath>> {
+        let hash = key.hash_part();
+        Ok(self.list()?.into_iter().find(|p| p.hash == hash))
+    }
+
+    /// Reads an entry's manifest.
+    pub fn manifest(&self, path: &StorePath) -> Result<Manifest> {
+        let file = self.entry_dir(path).join(MANIFEST_FILE);
+        let bytes = fs::read(&file).map_err(|e| {
+            if e.kind() == io::ErrorKind::NotFound && !self.entry_dir(path).exists() {
+                StoreError::Missing(path.to_string())
+            } else {
+                StoreError::Io { op: "reading manifest", path: file.clone(), source: e }
+            }
+        })?;
+        serde_json::from_slice(&bytes)
+            .map_err(|source| StoreError::BadManifest { entry: path.to_string(), source })
+    }
+
+    /// Whether an entry with this exact name exists.
+    pub fn contains(&self, name: &str) -> bool {
+        StorePath::parse(name).is_ok_and(|p| self.entry_dir(&p).join(MANIFEST_FILE).exists())
+    }
+
+    /// Resolves a user's argument (entry name, path in the store, or hash part).
+    pub fn resolve(&self, text: &str) -> Result<StorePath> {
+        let candidate = text.trim_end_matches('/');
+        let base = Path::new(candidate).file_name().and_then(|s| s.to_str()).unwrap_or(candidate);
+        let found = self.list()?.into_iter().find(|p| p.to_string() == base || p.hash == base);
+        found.ok_or_else(|| StoreError::Missing(text.to_owned()))
+    }
+
+    /// Takes the lock for a hash part, blocking; `on_wait` is called once if another
+    /// process holds it.
+    pub fn lock(&self, hash: &str, on_wait: impl FnOnce()) -> Result<EntryLock> {
+        let path = self.root.join(LOCK_DIR).join(format!("{hash}.lock"));
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err("opening lock", &path))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                on_wait();
+                file.lock().map_err(io_err("waiting for lock", &path))?;
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(io_err("taking lock", &path)(e)),
+        }
+        Ok(EntryLock { _file: file })
+    }
+
+    /// Returns the entry for `key`, creating it with `build` if it does not exist.
+    ///
+    /// `build` gets an empty temporary directory and writes the outputs into it; it
+    /// returns their records. Only when it succeeds does the directory become the
+    /// entry (read-only, renamed atomically). The boolean is true when the entry was
+    /// created by this call.
+    pub fn ensure<E: From<StoreError>>(
+        &self,
+        key: &EntryKey,
+        name: &str,
+        on_wait: impl FnOnce(),
+        build: impl FnOnce(&Path) -> Result<Outputs, E>,
+    ) -> Result<(StorePath, bool), E> {
+        match self.claim(key, name, on_wait)? {
+            Claim::Present(p) => Ok((p, false)),
+            Claim::Vacant(pending) => {
+                let outputs = build(pending.dir())?;
+                Ok((pending.commit(outputs)?, true))
+            }
+        }
+    }
+
+    /// Looks for the entry of `key`; when absent, takes its lock (waiting for another
+    /// process that holds it, then looking again) and hands out an empty temporary
+    /// directory to fill. Dropping the [`Pending`] without committing removes it.
+    pub fn claim(&self, key: &EntryKey, name: &str, on_wait: impl FnOnce()) -> Result<Claim> {
+        check_name(name)?;
+        if let Some(p) = self.lookup(key)? {
+            return Ok(Claim::Present(p));
+        }
+        let hash = key.hash_part();
+        let lock = self.lock(&hash, on_wait)?;
+        if let Some(p) = self.lookup(key)? {
+            return Ok(Claim::Present(p));
+        }
+        let tmp = self.fresh_tmp(&hash, name)?;
+        Ok(Claim::Vacant(Pending {
+            store: self.clone(),
+            key: key.clone(),
+            path: StorePath { hash, name: name.to_owned() },
+            tmp,
+            _lock: lock,
+            committed: false,
+        }))
+    }
+
+    /// A new, empty temporary directory for building `hash`; debris of an earlier
+    /// crashed attempt at the same hash is removed first (the caller holds its lock).
+    fn fresh_tmp(&self, hash: &str, name: &str) -> Result<PathBuf> {
+        let tmp_root = self.root.join(TMP_DIR);
+        for item in fs::read_dir(&tmp_root).map_err(io_err("reading", &tmp_root))? {
+            let item = item.map_err(io_err("reading", &tmp_root))?;
+            if item.file_name().to_string_lossy().starts_with(&format!("{hash}-")) {
+                remove_tree(&item.path())?;
+            }
+        }
+        let tmp = tmp_root.join(format!("{hash}-{name}.{}", std::process::id()));
+        fs::create_dir(&tmp).map_err(io_err("creating", &tmp))?;
+        Ok(tmp)
+    }
+
+    /// Writes the manifest, seals the tree read-only and renames it into place.
+    fn commit(&self, tmp: &Path, path: &StorePath, manifest: &Manifest) -> Result<()> {
+        let mpath = tmp.join(MANIFEST_FILE);
+        let mut f = File::create(&mpath).map_err(io_err("writing", &mpath))?;
+        f.write_all(&manifest.to_bytes()).map_err(io_err("writing", &mpath))?;
+        drop(f);
+        seal(tmp, manifest)?;
+        let dest = self.entry_dir(path);
+        fs::rename(tmp, &dest).map_err(io_err("moving entry into place", &dest))?;
+        sync_dir(&self.root)?;
+        Ok(())
+    }
+
+    /// Checks entries against their manifests; returns every problem found.
+    pub fn verify(&self, paths: &[StorePath]) -> Result<Vec<Problem>> {
+        let mut problems = Vec::new();
+        for p in paths {
+            problems.extend(self.verify_entry(p)?);
+        }
+        Ok(problems)
+    }
+
+    fn verify_entry(&self, path: &StorePath) -> Result<Vec<Problem>> {
+        let dir = self.entry_dir(path);
+        let problem = |what: String| Problem { entry: path.to_string(), what };
+        let manifest = match self.manifest(path) {
+            Ok(m) => m,
+            Err(e @ StoreError::Missing(_)) => return Err(e),
+            Err(e) => return Ok(vec![problem(error_chain(&e))]),
+        };
+        verify_tree(&dir, &manifest, path).map(|v| v.into_iter().map(problem).collect())
+    }
+
+    /// Every entry reachable from `paths` through references, sorted.
+    pub fn closure(&self, paths: &[StorePath]) -> Result<BTreeSet<StorePath>> {
+        let mut seen = BTreeSet::new();
+        let mut todo: Vec<StorePath> = paths.to_vec();
+        while let Some(p) = todo.pop() {
+            if !seen.insert(p.clone()) {
+                continue;
+            }
+            for r in self.manifest(&p)?.references {
+                todo.push(StorePath::parse(&r)?);
+            }
+        }
+        Ok(seen)
+    }
+
+    /// Records a root named `name` that keeps `paths` (and their closures) alive.
+    pub fn add_root(&self, name: &str, paths: &[StorePath]) -> Result<()> {
+        check_name(name)?;
+        let file = self.root.join(ROOTS_DIR).join(name);
+        let mut lines: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
+        lines.sort();
+        lines.dedup();
+        let body = lines.iter().map(|l| format!("{l}\n")).collect::<String>();
+        write_atomic(&file, body.as_bytes())
+    }
+
+    /// All roots with the entries they name.
+    pub fn roots(&self) -> Result<BTreeMap<String, Vec<StorePath>>> {
+        let dir = self.root.join(ROOTS_DIR);
+        let mut out = BTreeMap::new();
+        for item in fs::read_dir(&dir).map_err(io_err("reading", &dir))? {
+            let item = item.map_err(io_err("reading", &dir))?;
+            let name = item.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue;
+            }
+            let body = fs::read_to_string(item.path()).map_err(io_err("reading root", &item.path()))?;
+            let paths = body.lines().filter(|l| !l.is_empty()).filter_map(|l| StorePath::parse(l).ok());
+            out.insert(name, paths.collect());
+        }
+        Ok(out)
+    }
+
+    /// Removes every entry not in the closure of a root (and stale partial
+    /// downloads). With `dry_run`, only reports. Returns what was (or would be) removed.
+    pub fn gc(&self, dry_run: bool) -> Result<Vec<StorePath>> {
+        let rooted: Vec<StorePath> = self
+            .roots()?
+            .into_values()
+            .flatten()
+            .filter(|p| self.entry_dir(p).exists())
+            .collect();
+        let live = self.closure(&rooted)?;
+        let mut removed = Vec::new();
+        for p in self.list()? {
+            if live.contains(&p) {
+                continue;
+            }
+            if !dry_run {
+                let _lock = self.lock(p.hash(), || {})?;
+                remove_tree(&self.entry_dir(&p))?;
+            }
+            removed.push(p);
+        }
+        Ok(removed)
+    }
+
+    /// Writes `paths` and their closure to a bundle (see [`bundle`]).
+    pub fn export(&self, paths: &[StorePath], out: impl Write) -> Result<Vec<StorePath>, BundleError> {
+        bundle::export(self, paths, out)
+    }
+
+    /// Reads a bundle, verifies every entry, then moves them in.
+    pub fn import(&self, input: impl io::Read) -> Result<ImportSummary, BundleError> {
+        bundle::import(self, input)
+    }
+}
+
+/// Checks that a manifest belongs to the entry named `path`: the hash part must
+/// derive from the key, the names agree, and a fixed entry's single output carries
+/// the key's digest. Reads no file.
+pub(crate) fn check_identity(manifest: &Manifest, path: &StorePath) -> Vec<String> {
+    let mut problems = Vec::new();
+    if digest::store_hash_part(&manifest.key) != path.hash {
+        problems.push(format!("hash part does not derive from the manifest key `{}`", manifest.key));
+    }
+    if manifest.name != path.name {
+        problems.push(format!("manifest names `{}`", manifest.name));
+    }
+    if let Some(pinned) = manifest.key.strip_prefix("fixed:sha256:") {
+        let ok = manifest.outputs.len() == 1 && manifest.outputs.values().all(|o| o.sha256.hex() == pinned);
+        if !ok {
+            problems.push(format!("manifest outputs do not carry the pinned sha256 {pinned}"));
+        }
+    }
+    problems
+}
+
+/// [`check_identity`], then every file under `dir` against the manifest (missing,
+/// corrupt, or not listed).
+pub(crate) fn verify_tree(dir: &Path, manifest: &Manifest, path: &StorePath) -> Result<Vec<String>> {
+    let mut problems = check_identity(manifest, path);
+    let mut found = BTreeSet::new();
+    walk_files(dir, dir, &mut found)?;
+    found.remove(MANIFEST_FILE);
+    for (rel, rec) in &manifest.outputs {
+        let file = dir.join(rel);
+        if !found.remove(rel) {
+            problems.push(format!("`{rel}` is missing"));
+            continue;
+        }
+        let f = File::open(&file).map_err(io_err("opening", &file))?;
+        let (actual, size) = Sha256::of_reader(f).map_err(io_err("reading", &file))?;
+        if actual != rec.sha256 || size != rec.size {
+            problems.push(format!(
+                "`{rel}` is corrupt: expected sha256 {} ({} bytes), found {actual} ({size} bytes)",
+                rec.sha256, rec.size
+            ));
+        }
+    }
+    for extra in found {
+        problems.push(format!("`{extra}` is not in the manifest"));
+    }
+    Ok(problems)
+}
+
+fn walk_files(base: &Path, dir: &Path, out: &mut BTreeSet<String>) -> Result<()> {
+    for item in fs::read_dir(dir).map_err(io_err("reading", dir))? {
+        let item = item.map_err(io_err("reading", dir))?;
+        let ft = item.file_type().map_err(io_err("reading", &item.path()))?;
+        if ft.is_dir() {
+            walk_files(base, &item.path(), out)?;
+        } else {
+            let rel = item.path().strip_prefix(base).expect("under base").to_string_lossy().into_owned();
+            out.insert(rel);
+        }
+    }
+    Ok(())
+}
+
+/// Makes a finished tree read-only: files 0444 (0555 if executable), dirs 0555,
+/// and flushes every file to disk.
+fn seal(dir: &Path, manifest: &Manifest) -> Result<()> {
+    fn walk(base: &Path, dir: &Path, manifest: &Manifest) -> Result<()> {
+        for item in fs::read_dir(dir).map_err(io_err("reading", dir))? {
+            let item = item.map_err(io_err("reading", dir))?;
+            let p = item.path();
+            let ft = item.file_type().map_err(io_err("reading", &p))?;
+            if ft.is_dir() {
+                walk(base, &p, manifest)?;
+                continue;
+            }
+            let rel = p.strip_prefix(base).expect("under base").to_string_lossy().into_owned();
+            let exec = manifest.outputs.get(&rel).is_some_and(|o| o.executable);
+            let f = File::open(&p).map_err(io_err("opening", &p))?;
+            f.sync_all().map_err(io_err("syncing", &p))?;
+            let mode = if exec { 0o555 } else { 0o444 };
+            fs::set_permissions(&p, fs::Permissions::from_mode(mode)).map_err(io_err("sealing", &p))?;
+        }
+        sync_dir(dir)?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o555)).map_err(io_err("sealing", dir))
+    }
+    walk(dir, dir, manifest)
+}
+
+/// Removes a tree even if it was sealed read-only.
+pub(crate) fn remove_tree(path: &Path) -> Result<()> {
+    fn unseal(p: &Path) -> io::Result<()> {
+        let meta = fs::symlink_metadata(p)?;
+        if meta.is_dir() {
+            fs::set_permissions(p, fs::Permissions::from_mode(0o755))?;
+            for item in fs::read_dir(p)? {
+                unseal(&item?.path())?;
+            }
+        }
+        Ok(())
+    }
+    match fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err("removing", path)(e)),
+        Ok(m) if !m.is_dir() => return fs::remove_file(path).map_err(io_err("removing", path)),
+        Ok(_) => {}
+    }
+    unseal(path).map_err(io_err("unsealing", path))?;
+    fs::remove_dir_all(path).map_err(io_err("removing", path))
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|f| f.sync_all()).map_err(io_err("syncing directory", dir))
+}
+
+/// Copies `src` to a new file `dest`, returning the digest and size of the bytes.
+pub fn copy_hashing(src: &Path, dest: &Path) -> Result<(Sha256, u64)> {
+    use std::io::Read;
+    let mut input = File::open(src).map_err(io_err("opening", src))?;
+    let mut out = File::create(dest).map_err(io_err("creating", dest))?;
+    let mut hasher = digest::Hasher::new();
+    let mut buf = vec![0u8; digest::HASH_BUF_SIZE];
+    loop {
+        let n = match input.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(io_err("reading", src)(e)),
+        };
+        hasher.update(&buf[..n]);
+        out.write_all(&buf[..n]).map_err(io_err("writing", dest))?;
+    }
+    Ok(hasher.finish())
+}
+
+/// Writes a small file atomically (temporary sibling, fsync, rename).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp.{}",
+        path.file_name().map(|s| s.to_string_lossy()).unwrap_or_default(),
+        std::process::id()
+    ));
+    let mut f = File::create(&tmp).map_err(io_err("writing", &tmp))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(io_err("writing", &tmp))?;
+    fs::rename(&tmp, path).map_err(io_err("renaming into place", path))?;
+    sync_dir(dir)
+}
+
+/// Formats an error with its causes on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Records a finished regular file in `outputs`.
+pub fn record_file(path: &Path, sha256: Sha256, size: u64, executable: bool) -> (String, OutputRecord) {
+    let rel = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    (rel, OutputRecord { sha256, size, executable })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(store: &Store, key: &EntryKey, name: &str, body: &[u8]) -> (StorePath, bool) {
+        store
+            .ensure::<StoreError>(key, name, || {}, |dir| {
+                fs::write(dir.join(name), body).unwrap();
+                let mut o = Outputs::default();
+                o.files.insert(
+                    name.to_owned(),
+                    OutputRecord { sha256: Sha256::of(body), size: body.len() as u64, executable: false },
+                );
+                Ok(o)
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn fixed_entries_are_keyed_by_content_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        let key = EntryKey::Fixed(Sha256::of(b"hello"));
+        let (a, created) = put(&store, &key, "a.txt", b"hello");
+        assert!(created);
+        let (b, created) = put(&store, &key, "b.txt", b"hello");
+        assert!(!created);
+        assert_eq!(a, b);
+        assert_eq!(store.list().unwrap(), vec![a.clone()]);
+        assert!(store.verify(&[a.clone()]).unwrap().is_empty());
+        let meta = fs::metadata(store.entry_dir(&a).join("a.txt")).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o444);
+    }
+
+    #[test]
+    fn failed_build_leaves_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        let key = EntryKey::Derived(Sha256::of(b"x"));
+        let r = store.ensure::<StoreError>(&key, "x", || {}, |dir| {
+            fs::write(dir.join("half"), b"half").unwrap();
+            Err(StoreError::Missing("boom".into()))
+        });
+        assert!(r.is_err());
+        assert!(store.list().unwrap().is_empty());
+        assert_eq!(fs::read_dir(tmp.path().join(TMP_DIR)).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn verify_names_corruption_and_gc_keeps_roots() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        let (a, _) = put(&store, &EntryKey::Fixed(Sha256::of(b"aaaa")), "a", b"aaaa");
+        let (b, _) = put(&store, &EntryKey::Fixed(Sha256::of(b"bbbb")), "b", b"bbbb");
+        let file = store.entry_dir(&a).join("a");
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::write(&file, b"aaab").unwrap();
+        let problems = store.verify(&[a.clone(), b.clone()]).unwrap();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].entry, a.to_string());
+        assert!(problems[0].what.contains("`a` is corrupt"), "{}", problems[0].what);
+
+        store.add_root("keep-b", &[b.clone()]).unwrap();
+        assert_eq!(store.gc(true).unwrap(), vec![a.clone()]);
+        assert_eq!(store.list().unwrap().len(), 2);
+        assert_eq!(store.gc(false).unwrap(), vec![a]);
+        assert_eq!(store.list().unwrap(), vec![b]);
+    }
+
+    #[test]
+    fn store_path_parsing() {
+        let key = EntryKey::Fixed(Sha256::of(b""));
+        let text = format!("{}-foo.img", key.hash_part());
+        let p = StorePath::parse(&format!("/some/store/{text}/")).unwrap();
+        assert_eq!(p.to_string(), text);
+        assert!(StorePath::parse("nohash").is_err());
+        assert!(StorePath::parse(&format!("{}-", key.hash_part())).is_err());
+        assert!(check_name("../x").is_err());
+        assert_eq!(sanitize_name("registry.k8s.io/pause:3.9"), "registry.k8s.io_pause_3.9");
+    }
+}
