@@ -10,5 +10,7 @@
 pub mod config;
 pub mod digest;
 pub mod fetch;
+pub mod oci;
+pub mod recipe;
 pub mod report;
 pub mod store;

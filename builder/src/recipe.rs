@@ -1,0 +1,715 @@
+//! Recipes (`images/*.toml`) and their locks: everything a node image is made of,
+//! pinned.
+//!
+//! Parsing is pure ([`parse_recipe`], [`parse_lock`]); [`load_recipe`] reads the
+//! files. Field values are checked while deserialising (digests, URL schemes,
+//! modes, sizes, paths), so a bad value is reported with its line and column.
+//!
+//! ```toml
+//! name = "ubuntu-24.04-k8s-1.29"
+//! [output]
+//! virtual_size = "20GiB"       # size of the disk the image describes
+//! headroom = "1GiB"            # free space added to the root filesystem
+//! compression = "zstd"         # or "zlib"
+//! epoch = 1713830400           # every mtime is clamped to this
+//! [base]
+//! name = "noble-server-cloudimg-amd64.img"
+//! urls = ["https://...", "https://..."]   # tried in order
+//! sha256 = "..."
+//! format = "qcow2"             # or "raw"
+//! root = { label = "cloudimg-rootfs" }    # or { partition = 1 }
+//! [[debs]]
+//! name = "conntrack"
+//! urls = ["https://.../conntrack_1.4.8-1ubuntu1_amd64.deb"]
+//! sha256 = "..."               # absent: pinned by the lock (`hearth lock`)
+//! [[archives]]
+//! name = "containerd"
+//! urls = ["https://.../containerd-1.7.27-linux-amd64.tar.gz"]
+//! sha256 = "..."
+//! prefix = "/usr/local"
+//! strip_components = 0
+//! include = ["bin/"]
+//! [[files]]
+//! path = "/usr/local/bin/kubeadm"
+//! urls = ["https://.../kubeadm"]     # or `content = "..."`, or `source = "files/x"`
+//! sha256 = "..."
+//! mode = "0755"
+//! owner = "root:root"
+//! [[images]]
+//! reference = "registry.k8s.io/pause:3.9"
+//! digest = "sha256:..."
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use crate::digest::Sha256;
+use crate::fetch::FileRequest;
+use crate::store::sanitize_name;
+
+/// Errors reading a recipe or lock.
+#[derive(Debug, thiserror::Error)]
+pub enum RecipeError {
+    /// The file cannot be read.
+    #[error("reading `{}`", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// TOML syntax or a bad value; the message carries line and column.
+    #[error("{}{}", file_prefix(path), source.to_string().trim_end())]
+    Parse {
+        /// The file, when known.
+        path: Option<PathBuf>,
+        /// The parser's error (with position and snippet).
+        source: toml::de::Error,
+    },
+    /// A rule between fields is broken.
+    #[error("{}line {line}: {message}", file_prefix(path))]
+    Invalid {
+        /// The file, when known.
+        path: Option<PathBuf>,
+        /// 1-based line.
+        line: usize,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn file_prefix(path: &Option<PathBuf>) -> String {
+    path.as_ref().map(|p| format!("in `{}`, ", p.display())).unwrap_or_default()
+}
+
+impl RecipeError {
+    fn with_path(self, p: &Path) -> Self {
+        match self {
+            RecipeError::Parse { source, .. } => RecipeError::Parse { path: Some(p.to_owned()), source },
+            RecipeError::Invalid { line, message, .. } => RecipeError::Invalid { path: Some(p.to_owned()), line, message },
+            other => other,
+        }
+    }
+}
+
+/// A URL hearth can fetch: `http`, `https` or `file`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct FetchUrl(pub String);
+
+impl<'de> Deserialize<'de> for FetchUrl {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let parsed = url::Url::parse(&s).map_err(|e| serde::de::Error::custom(format!("`{s}` is not a URL: {e}")))?;
+        match parsed.scheme() {
+            "http" | "https" | "file" => Ok(FetchUrl(s)),
+            other => Err(serde::de::Error::custom(format!(
+                "unsupported URL scheme `{other}` in `{s}` (use http, https or file)"
+            ))),
+        }
+    }
+}
+
+/// A file mode written as an octal string (`"0755"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Mode(pub u32);
+
+impl<'de> Deserialize<'de> for Mode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match u32::from_str_radix(&s, 8) {
+            Ok(m) if m <= 0o7777 && !s.is_empty() => Ok(Mode(m)),
+            _ => Err(serde::de::Error::custom(format!("mode `{s}` is not an octal permission like \"0644\""))),
+        }
+    }
+}
+
+impl Serialize for Mode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{:04o}", self.0))
+    }
+}
+
+/// A size with an optional binary suffix (`"20GiB"`, `"512MiB"`, `"4096"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    /// Parses the text form.
+    pub fn parse(s: &str) -> Option<Self> {
+        let t = s.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let n: u64 = num.parse().ok()?;
+        let mult: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "K" | "KiB" => 1 << 10,
+            "M" | "MiB" => 1 << 20,
+            "G" | "GiB" => 1 << 30,
+            "T" | "TiB" => 1 << 40,
+            _ => return None,
+        };
+        n.checked_mul(mult).map(ByteSize)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(ByteSize(n)),
+            Raw::S(s) => ByteSize::parse(&s)
+                .ok_or_else(|| serde::de::Error::custom(format!("`{s}` is not a size like \"20GiB\" or \"512MiB\""))),
+        }
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
+    }
+}
+
+/// An absolute path inside the image, normalised, without `..`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct ImagePath(pub String);
+
+impl<'de> Deserialize<'de> for ImagePath {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let p = Path::new(&s);
+        let ok = p.is_absolute() && p.components().all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+        if !ok || s.len() < 2 {
+            return Err(serde::de::Error::custom(format!(
+                "`{s}` must be an absolute path inside the image, without `..`"
+            )));
+        }
+        Ok(ImagePath(s.trim_end_matches('/').to_owned()))
+    }
+}
+
+/// A path relative to the recipe's directory, without `..`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct SourcePath(pub String);
+
+impl<'de> Deserialize<'de> for SourcePath {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let ok = !s.is_empty() && Path::new(&s).components().all(|c| matches!(c, Component::Normal(_)));
+        if !ok {
+            return Err(serde::de::Error::custom(format!(
+                "`{s}` must be a relative path under the recipe's directory, without `..`"
+            )));
+        }
+        Ok(SourcePath(s))
+    }
+}
+
+/// Output compression of the qcow2.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// zstd clusters (the default; needs QEMU >= 5.1 to read).
+    #[default]
+    Zstd,
+    /// zlib clusters (readable by every QEMU).
+    Zlib,
+}
+
+/// Output settings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Output {
+    /// Virtual size of the disk.
+    pub virtual_size: ByteSize,
+    /// Free space added to the root filesystem beyond its content.
+    #[serde(default = "default_headroom")]
+    pub headroom: ByteSize,
+    /// qcow2 cluster compression.
+    #[serde(default)]
+    pub compression: Compression,
+    /// Seconds since 1970 that every mtime is clamped to (SOURCE_DATE_EPOCH).
+    pub epoch: u64,
+}
+
+fn default_headroom() -> ByteSize {
+    ByteSize(1 << 30)
+}
+
+/// Format of the base image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BaseFormat {
+    /// qcow2 (v2 or v3, zlib or zstd clusters).
+    Qcow2,
+    /// A raw disk.
+    Raw,
+}
+
+/// How to find the root partition.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "lowercase")]
+pub enum RootSelector {
+    /// By filesystem label.
+    Label(String),
+    /// By 1-based GPT partition number.
+    Partition(u32),
+}
+
+/// The base cloud image.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Base {
+    /// Entry name in the store.
+    pub name: Spanned<String>,
+    /// Where to fetch it, in order.
+    pub urls: Vec<FetchUrl>,
+    /// Pinned digest (or from the lock).
+    pub sha256: Option<Sha256>,
+    /// qcow2 or raw.
+    pub format: BaseFormat,
+    /// The root partition.
+    #[serde(default = "default_root")]
+    pub root: RootSelector,
+}
+
+fn default_root() -> RootSelector {
+    RootSelector::Label("cloudimg-rootfs".into())
+}
+
+/// A .deb package.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Deb {
+    /// Package name (also the input's name).
+    pub name: Spanned<String>,
+    /// Where to fetch it.
+    pub urls: Vec<FetchUrl>,
+    /// Pinned digest (or from the lock).
+    pub sha256: Option<Sha256>,
+}
+
+/// A release tarball unpacked under a prefix.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Archive {
+    /// Input name.
+    pub name: Spanned<String>,
+    /// Where to fetch it.
+    pub urls: Vec<FetchUrl>,
+    /// Pinned digest (or from the lock).
+    pub sha256: Option<Sha256>,
+    /// Directory in the image to unpack into.
+    pub prefix: ImagePath,
+    /// Leading path components dropped from member names.
+    #[serde(default)]
+    pub strip_components: u32,
+    /// Member path prefixes (after stripping) to keep; empty keeps all.
+    #[serde(default)]
+    pub include: Vec<String>,
+}
+
+/// A single file placed in the image.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSpec {
+    /// Where it goes.
+    pub path: Spanned<ImagePath>,
+    /// Download it from here...
+    #[serde(default)]
+    pub urls: Vec<FetchUrl>,
+    /// ... pinned by this digest (or the lock).
+    pub sha256: Option<Sha256>,
+    /// Or take this text.
+    pub content: Option<String>,
+    /// Or this file under the recipe's directory.
+    pub source: Option<SourcePath>,
+    /// Permission bits.
+    #[serde(default = "default_mode")]
+    pub mode: Mode,
+    /// `user:group`, by name or number.
+    #[serde(default = "default_owner")]
+    pub owner: String,
+}
+
+fn default_mode() -> Mode {
+    Mode(0o644)
+}
+
+fn default_owner() -> String {
+    "root:root".into()
+}
+
+/// An OCI image to preload.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageSpec {
+    /// `registry/repository:tag`.
+    pub reference: Spanned<String>,
+    /// Digest of the image index or manifest (or from the lock).
+    pub digest: Option<Sha256>,
+    /// `os/arch` to take from an index.
+    #[serde(default = "default_platform")]
+    pub platform: String,
+}
+
+fn default_platform() -> String {
+    "linux/amd64".into()
+}
+
+/// A whole recipe.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    /// Name of the image (and of its store entry).
+    pub name: Spanned<String>,
+    /// Output settings.
+    pub output: Output,
+    /// The base image.
+    pub base: Base,
+    /// Debian packages.
+    #[serde(default)]
+    pub debs: Vec<Deb>,
+    /// Release archives.
+    #[serde(default)]
+    pub archives: Vec<Archive>,
+    /// Single files.
+    #[serde(default)]
+    pub files: Vec<FileSpec>,
+    /// OCI images to preload.
+    #[serde(default)]
+    pub images: Vec<ImageSpec>,
+}
+
+/// Which kind of input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum InputKind {
+    /// The base image.
+    Base,
+    /// A .deb.
+    Deb,
+    /// A tarball.
+    Archive,
+    /// A downloaded file.
+    File,
+    /// An OCI image.
+    Image,
+}
+
+impl fmt::Display for InputKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            InputKind::Base => "base",
+            InputKind::Deb => "debs",
+            InputKind::Archive => "archives",
+            InputKind::File => "files",
+            InputKind::Image => "images",
+        })
+    }
+}
+
+/// One thing to fetch, with its pin if it has one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Input {
+    /// Kind.
+    pub kind: InputKind,
+    /// Stable identifier, `kind/name`, used as the lock's key.
+    pub id: String,
+    /// Name of the store entry.
+    pub name: String,
+    /// URLs (empty for images).
+    pub urls: Vec<String>,
+    /// Image reference (images only).
+    pub reference: Option<String>,
+    /// Platform (images only).
+    pub platform: Option<String>,
+    /// The pin: sha256 of the bytes, or of the image's index/manifest.
+    pub pin: Option<Sha256>,
+    /// 1-based line in the recipe.
+    pub line: usize,
+}
+
+impl Input {
+    /// The fixed-output request for a file-like input; `None` for images or unpinned.
+    pub fn file_request(&self) -> Option<FileRequest> {
+        (self.kind != InputKind::Image).then_some(())?;
+        Some(FileRequest { name: self.name.clone(), urls: self.urls.clone(), sha256: self.pin? })
+    }
+}
+
+/// The lock beside a recipe: pins that `hearth lock` resolved.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lock {
+    /// Input id -> digest.
+    #[serde(default)]
+    pub pins: BTreeMap<String, Sha256>,
+}
+
+impl Lock {
+    /// Canonical text of the lock file.
+    pub fn render(&self) -> String {
+        let mut out = String::from("# Written by `hearth lock`: pins for inputs the recipe leaves unpinned.\n[pins]\n");
+        for (id, d) in &self.pins {
+            out.push_str(&format!("{} = \"{}\"\n", toml_key(id), d));
+        }
+        out
+    }
+}
+
+fn toml_key(k: &str) -> String {
+    format!("\"{}\"", k.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// A recipe with its lock, as loaded from disk.
+#[derive(Clone, Debug)]
+pub struct LoadedRecipe {
+    /// The recipe file.
+    pub path: PathBuf,
+    /// Its lock file (may not exist).
+    pub lock_path: PathBuf,
+    /// The recipe.
+    pub recipe: Recipe,
+    /// The lock (empty when absent).
+    pub lock: Lock,
+    /// The recipe's text (for line numbers).
+    pub text: String,
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1
+}
+
+/// Parses a recipe and checks the rules between its fields.
+pub fn parse_recipe(text: &str) -> Result<Recipe, RecipeError> {
+    let recipe: Recipe = toml::from_str(text).map_err(|source| RecipeError::Parse { path: None, source })?;
+    let invalid = |span: std::ops::Range<usize>, message: String| RecipeError::Invalid {
+        path: None,
+        line: line_of(text, span.start),
+        message,
+    };
+    crate::store::check_name(recipe.name.get_ref())
+        .map_err(|e| invalid(recipe.name.span(), e.to_string()))?;
+    if recipe.base.urls.is_empty() {
+        return Err(invalid(recipe.base.name.span(), "the base needs at least one URL".into()));
+    }
+    let mut ids = BTreeSet::new();
+    for input in inputs_of(&recipe, text, &Lock::default()) {
+        if !ids.insert(input.id.clone()) {
+            return Err(RecipeError::Invalid { path: None, line: input.line, message: format!("`{}` is declared twice", input.id) });
+        }
+        crate::store::check_name(&input.name).map_err(|e| RecipeError::Invalid {
+            path: None,
+            line: input.line,
+            message: e.to_string(),
+        })?;
+        if input.kind != InputKind::Image && input.kind != InputKind::File && input.urls.is_empty() {
+            return Err(RecipeError::Invalid { path: None, line: input.line, message: format!("`{}` has no URL", input.id) });
+        }
+    }
+    for f in &recipe.files {
+        let sources = [!f.urls.is_empty(), f.content.is_some(), f.source.is_some()];
+        if sources.iter().filter(|s| **s).count() != 1 {
+            return Err(invalid(
+                f.path.span(),
+                format!("file `{}` needs exactly one of `urls`, `content` or `source`", f.path.get_ref().0),
+            ));
+        }
+        if f.urls.is_empty() && f.sha256.is_some() {
+            return Err(invalid(f.path.span(), format!("file `{}`: `sha256` goes with `urls`", f.path.get_ref().0)));
+        }
+        if !valid_owner(&f.owner) {
+            return Err(invalid(f.path.span(), format!("owner `{}` is not `user:group`", f.owner)));
+        }
+    }
+    for i in &recipe.images {
+        crate::oci::Reference::parse(i.reference.get_ref())
+            .map_err(|e| invalid(i.reference.span(), e.to_string()))?;
+        if i.platform.split('/').count() != 2 {
+            return Err(invalid(i.reference.span(), format!("platform `{}` is not `os/arch`", i.platform)));
+        }
+    }
+    Ok(recipe)
+}
+
+fn valid_owner(owner: &str) -> bool {
+    let part = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+    owner.split_once(':').is_some_and(|(u, g)| part(u) && part(g))
+}
+
+/// Parses a lock file.
+pub fn parse_lock(text: &str) -> Result<Lock, RecipeError> {
+    toml::from_str(text).map_err(|source| RecipeError::Parse { path: None, source })
+}
+
+/// Every input of a recipe in declaration order, pins taken from the recipe or,
+/// failing that, the lock.
+pub fn inputs_of(recipe: &Recipe, text: &str, lock: &Lock) -> Vec<Input> {
+    let urls = |u: &[FetchUrl]| u.iter().map(|x| x.0.clone()).collect::<Vec<_>>();
+    let input = |kind: InputKind, key: &str, name: String, urls: Vec<String>, pin: Option<Sha256>, span: std::ops::Range<usize>| {
+        let id = format!("{kind}/{key}");
+        let pin = pin.or_else(|| lock.pins.get(&id).copied());
+        Input { kind, id, name, urls, reference: None, platform: None, pin, line: line_of(text, span.start) }
+    };
+    let b = &recipe.base;
+    let mut out = vec![input(InputKind::Base, b.name.get_ref(), b.name.get_ref().clone(), urls(&b.urls), b.sha256, b.name.span())];
+    for d in &recipe.debs {
+        out.push(input(InputKind::Deb, d.name.get_ref(), d.name.get_ref().clone(), urls(&d.urls), d.sha256, d.name.span()));
+    }
+    for a in &recipe.archives {
+        out.push(input(InputKind::Archive, a.name.get_ref(), a.name.get_ref().clone(), urls(&a.urls), a.sha256, a.name.span()));
+    }
+    for f in recipe.files.iter().filter(|f| !f.urls.is_empty()) {
+        // The id carries the whole path, so two files with one basename differ.
+        let path = &f.path.get_ref().0;
+        let name = sanitize_name(path.rsplit('/').next().unwrap_or(path));
+        out.push(input(InputKind::File, path.trim_start_matches('/'), name, urls(&f.urls), f.sha256, f.path.span()));
+    }
+    for i in &recipe.images {
+        let r = i.reference.get_ref();
+        let mut img = input(InputKind::Image, r, sanitize_name(r), Vec::new(), i.digest, i.reference.span());
+        img.reference = Some(r.clone());
+        img.platform = Some(i.platform.clone());
+        out.push(img);
+    }
+    out
+}
+
+/// The lock file that belongs to a recipe: `x.toml` -> `x.lock`.
+pub fn lock_path_for(recipe: &Path) -> PathBuf {
+    recipe.with_extension("lock")
+}
+
+/// Reads a recipe and its lock (if any).
+pub fn load_recipe(path: &Path) -> Result<LoadedRecipe, RecipeError> {
+    let text = std::fs::read_to_string(path).map_err(|source| RecipeError::Read { path: path.to_owned(), source })?;
+    let recipe = parse_recipe(&text).map_err(|e| e.with_path(path))?;
+    let lock_path = lock_path_for(path);
+    let lock = match std::fs::read_to_string(&lock_path) {
+        Ok(t) => parse_lock(&t).map_err(|e| e.with_path(&lock_path))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Lock::default(),
+        Err(source) => return Err(RecipeError::Read { path: lock_path, source }),
+    };
+    for f in &recipe.files {
+        if let Some(src) = &f.source {
+            let full = path.parent().unwrap_or(Path::new(".")).join(&src.0);
+            if !full.is_file() {
+                return Err(RecipeError::Invalid {
+                    path: Some(path.to_owned()),
+                    line: line_of(&text, f.path.span().start),
+                    message: format!("source `{}` does not exist (looked at `{}`)", src.0, full.display()),
+                });
+            }
+        }
+    }
+    Ok(LoadedRecipe { path: path.to_owned(), lock_path, recipe, lock, text })
+}
+
+impl LoadedRecipe {
+    /// Every input with its pin.
+    pub fn inputs(&self) -> Vec<Input> {
+        inputs_of(&self.recipe, &self.text, &self.lock)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "fixture"
+[output]
+virtual_size = "4GiB"
+epoch = 1700000000
+[base]
+name = "base.qcow2"
+urls = ["http://127.0.0.1:1/base.qcow2"]
+sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
+format = "qcow2"
+[[debs]]
+name = "hello"
+urls = ["http://127.0.0.1:1/hello.deb"]
+[[files]]
+path = "/usr/local/bin/tool"
+urls = ["file:///tmp/tool"]
+mode = "0755"
+[[files]]
+path = "/etc/motd"
+content = "hi\n"
+[[images]]
+reference = "127.0.0.1:5000/test/img:1.0"
+digest = "sha256:1111111111111111111111111111111111111111111111111111111111111111"
+"#;
+
+    #[test]
+    fn parses_and_lists_inputs() {
+        let r = parse_recipe(GOOD).unwrap();
+        assert_eq!(r.output.virtual_size, ByteSize(4 << 30));
+        let lock = parse_lock("[pins]\n\"debs/hello\" = \"2222222222222222222222222222222222222222222222222222222222222222\"\n").unwrap();
+        let inputs = inputs_of(&r, GOOD, &lock);
+        let ids: Vec<_> = inputs.iter().map(|i| (i.id.as_str(), i.pin.is_some(), i.line)).collect();
+        assert_eq!(
+            ids,
+            vec![
+                ("base/base.qcow2", true, 7),
+                ("debs/hello", true, 12),
+                ("files/usr/local/bin/tool", false, 15),
+                ("images/127.0.0.1:5000/test/img:1.0", true, 22),
+            ]
+        );
+        assert_eq!(parse_lock(&lock.render()).unwrap(), lock);
+    }
+
+    fn err(text: &str) -> String {
+        parse_recipe(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn bad_values_point_at_their_line() {
+        let short = GOOD.replace("0000000000000000000000000000000000000000000000000000000000000000", "abc");
+        let e = err(&short);
+        assert!(e.contains("line 9") && e.contains("64 hex digits"), "{e}");
+        let ftp = GOOD.replace("http://127.0.0.1:1/hello.deb", "ftp://127.0.0.1/hello.deb");
+        let e = err(&ftp);
+        assert!(e.contains("line 13") && e.contains("unsupported URL scheme `ftp`"), "{e}");
+        let e = err(&GOOD.replace("mode = \"0755\"", "mode = \"rwx\""));
+        assert!(e.contains("line 17") && e.contains("octal"), "{e}");
+        let e = err(&GOOD.replace("[[images]]", "[[images]\n"));
+        assert!(e.contains("TOML parse error"), "{e}");
+        let e = err(&GOOD.replace("path = \"/etc/motd\"", "path = \"/etc/../motd\""));
+        assert!(e.contains("without `..`"), "{e}");
+    }
+
+    #[test]
+    fn rules_between_fields() {
+        let e = err(&GOOD.replace("content = \"hi\\n\"", "content = \"hi\"\nsource = \"x\""));
+        assert!(e.contains("line 19") && e.contains("exactly one of"), "{e}");
+        let dup = format!("{GOOD}[[debs]]\nname = \"hello\"\nurls = [\"http://127.0.0.1:1/h2.deb\"]\n");
+        let e = err(&dup);
+        assert!(e.contains("`debs/hello` is declared twice"), "{e}");
+        let e = err(&GOOD.replace("127.0.0.1:5000/test/img:1.0", "UPPER/Case"));
+        assert!(e.contains("line 22"), "{e}");
+        let e = err(&GOOD.replace("epoch = 1700000000", "epoch = 1700000000\ncolour = 1"));
+        assert!(e.contains("unknown field `colour`"), "{e}");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(ByteSize::parse("512MiB"), Some(ByteSize(512 << 20)));
+        assert_eq!(ByteSize::parse("7"), Some(ByteSize(7)));
+        assert_eq!(ByteSize::parse("1XB"), None);
+        assert_eq!(ByteSize::parse("99999999999T"), None);
+    }
+}
