@@ -1,1 +1,94 @@
-fn main() {}
+//! The `hearth` command: argument parsing, error rendering and exit codes. The work
+//! happens in the `cmd_*` modules and the `hearth_builder`/`hearth_appliance` crates.
+
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod cli;
+mod cmd_fetch;
+mod cmd_store;
+mod progress;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use cli::{Cli, Command, Global};
+
+/// A failed command: the error chain plus, where one exists, what to do about it.
+pub struct Failure {
+    pub error: anyhow::Error,
+    pub hint: Option<String>,
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure { error: e.into(), hint: None }
+    }
+}
+
+pub type CmdResult = Result<(), Failure>;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("error: {}", f.error);
+            for cause in f.error.chain().skip(1) {
+                eprintln!("  Caused by: {cause}");
+            }
+            if let Some(h) = f.hint {
+                eprintln!("\nhint: {h}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> CmdResult {
+    let g = &cli.global;
+    match cli.command {
+        Command::Fetch(a) => cmd_fetch::fetch(g, &a.recipe),
+        Command::Store(c) => cmd_store::run(g, c),
+        Command::Build(_) => not_built("build", "the image builder"),
+        Command::Lock(_) => not_built("lock", "recipe locking"),
+        Command::Launch(_) | Command::Status(_) | Command::Reinstall(_) | Command::Destroy(_) => {
+            not_built("launch/status/reinstall/destroy", "the appliance")
+        }
+        Command::Kubeconfig(_) | Command::Ssh(_) | Command::Console(_) => {
+            not_built("kubeconfig/ssh/console", "the appliance")
+        }
+    }
+}
+
+fn not_built(verb: &str, what: &str) -> CmdResult {
+    Err(Failure {
+        error: anyhow::anyhow!("`hearth {verb}` is not built yet: {what} is still to come"),
+        hint: Some("`hearth fetch` and `hearth store` work today".into()),
+    })
+}
+
+/// The store directory: `--store`/`HEARTH_STORE`, else the default for this user.
+pub fn store_dir(g: &Global) -> anyhow::Result<PathBuf> {
+    if let Some(s) = &g.store {
+        return Ok(s.clone());
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return Ok(PathBuf::from("/var/lib/hearth/store"));
+    }
+    let data = std::env::var_os("XDG_DATA_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .ok_or_else(|| anyhow::anyhow!("neither --store, XDG_DATA_HOME nor HOME is set"))?;
+    Ok(data.join("hearth").join("store"))
+}
+
+/// Opens the store, naming it on failure.
+pub fn open_store(g: &Global) -> anyhow::Result<hearth_builder::store::Store> {
+    use anyhow::Context as _;
+    let dir = store_dir(g)?;
+    hearth_builder::store::Store::open(&dir).with_context(|| format!("opening the store at `{}`", dir.display()))
+}

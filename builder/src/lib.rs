@@ -10,6 +10,7 @@
 pub mod config;
 pub mod digest;
 pub mod fetch;
+pub mod fill;
 pub mod oci;
 pub mod recipe;
 pub mod report;

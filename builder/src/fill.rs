@@ -1,0 +1,160 @@
+//! Filling the store with a recipe's inputs (`hearth fetch`): every pinned
+//! download and image, in parallel, each exactly once; then a GC root that keeps
+//! them.
+
+use std::fmt;
+
+use futures_util::StreamExt;
+
+use crate::fetch::{FetchError, Fetcher};
+use crate::oci::{self, OciError};
+use crate::recipe::{Input, InputKind, LoadedRecipe};
+use crate::store::{self, Store, StoreError, StorePath};
+
+/// Errors of a fill.
+#[derive(Debug, thiserror::Error)]
+pub enum FillError {
+    /// Inputs without a pin.
+    #[error("{} input(s) of `{recipe}` are not pinned:\n  {}", unpinned.len(), unpinned.join("\n  "))]
+    Unpinned {
+        /// The recipe file.
+        recipe: String,
+        /// `id (line N)` for each.
+        unpinned: Vec<String>,
+    },
+    /// Inputs missing while offline.
+    #[error("{} input(s) are not in the store and --offline forbids downloading them:\n  {}", missing.len(), missing.join("\n  "))]
+    Offline {
+        /// A description of each.
+        missing: Vec<String>,
+    },
+    /// Inputs that failed.
+    #[error("{} of {total} input(s) failed:\n  {}", failures.len(), failures.join("\n  "))]
+    Failed {
+        /// How many were attempted.
+        total: usize,
+        /// One block per failure.
+        failures: Vec<String>,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl FillError {
+    /// What the user can do about it.
+    pub fn hint(&self, recipe_arg: &str) -> Option<String> {
+        match self {
+            FillError::Unpinned { .. } => Some(format!("run `hearth lock {recipe_arg}` on a connected machine to pin them")),
+            FillError::Offline { .. } => Some(
+                "add each file with `hearth store add FILE --sha256 HASH`, or carry a bundle made by \
+                 `hearth store export` on a connected machine and run `hearth store import BUNDLE`"
+                    .into(),
+            ),
+            _ => None,
+        }
+    }
+}
+
+/// The outcome for one input.
+#[derive(Clone, Debug)]
+pub struct Filled {
+    /// The input.
+    pub input: Input,
+    /// Its store entry.
+    pub path: StorePath,
+    /// False when it was already present.
+    pub downloaded: bool,
+}
+
+/// What a fill did.
+#[derive(Clone, Debug)]
+pub struct FillReport {
+    /// Every input, in recipe order.
+    pub inputs: Vec<Filled>,
+}
+
+impl FillReport {
+    /// How many inputs were downloaded by this run.
+    pub fn downloaded(&self) -> usize {
+        self.inputs.iter().filter(|i| i.downloaded).count()
+    }
+}
+
+impl fmt::Display for FillReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for i in &self.inputs {
+            writeln!(f, "{:<9} {}", if i.downloaded { "fetched" } else { "present" }, i.path)?;
+        }
+        Ok(())
+    }
+}
+
+/// Name of the GC root that keeps a recipe's inputs.
+pub fn root_name(recipe: &LoadedRecipe) -> String {
+    format!("inputs-{}", recipe.recipe.name.get_ref())
+}
+
+/// Makes sure every input of `recipe` is in `store`.
+pub async fn fill(fetcher: &Fetcher, store: &Store, recipe: &LoadedRecipe) -> Result<FillReport, FillError> {
+    let inputs = recipe.inputs();
+    let unpinned: Vec<String> =
+        inputs.iter().filter(|i| i.pin.is_none()).map(|i| format!("{} (line {})", i.id, i.line)).collect();
+    if !unpinned.is_empty() {
+        return Err(FillError::Unpinned { recipe: recipe.path.display().to_string(), unpinned });
+    }
+    let results: Vec<(Input, Result<(StorePath, bool), String>, bool)> =
+        futures_util::stream::iter(inputs.iter().cloned().map(|input| async move {
+            let pin = input.pin.expect("checked above");
+            let outcome = if input.kind == InputKind::Image {
+                let reference = input.reference.clone().unwrap_or_default();
+                let platform = input.platform.clone().unwrap_or_default();
+                match oci::pull(fetcher, store, &reference, pin, &platform, &input.name).await {
+                    Ok(p) => Ok((p.path, p.downloaded)),
+                    Err(e) => Err((matches!(e, OciError::Offline { .. }), e.to_string(), store::error_chain(&e))),
+                }
+            } else {
+                let req = input.file_request().expect("pinned file input");
+                match fetcher.fetch_file(store, &req).await {
+                    Ok(f) => Ok((f.path, f.downloaded)),
+                    Err(e) => Err((matches!(e, FetchError::Offline { .. }), e.to_string(), store::error_chain(&e))),
+                }
+            };
+            match outcome {
+                Ok(ok) => (input, Ok(ok), false),
+                Err((offline, short, chain)) => (input, Err(if offline { short } else { chain }), offline),
+            }
+        }))
+        .buffered(fetcher.options().jobs.max(1))
+        .collect()
+        .await;
+
+    let total = results.len();
+    let mut missing = Vec::new();
+    let mut failures = Vec::new();
+    let mut filled = Vec::new();
+    for (input, result, offline) in results {
+        match result {
+            Ok((path, downloaded)) => filled.push(Filled { input, path, downloaded }),
+            Err(_) if offline => {
+                let pin = input.pin.expect("pinned");
+                let from = match &input.reference {
+                    Some(r) => format!("image {r}@{}", pin.oci()),
+                    None => format!("sha256 {pin}, from {}", input.urls.join(" or ")),
+                };
+                missing.push(format!("{} (line {}): {from}", input.id, input.line));
+            }
+            Err(e) => failures.push(format!("{} (line {}): {}", input.id, input.line, e.replace('\n', "\n    "))),
+        }
+    }
+    if !missing.is_empty() && failures.is_empty() {
+        return Err(FillError::Offline { missing });
+    }
+    if !failures.is_empty() || !missing.is_empty() {
+        failures.extend(missing.into_iter().map(|m| format!("{m}: not in the store (offline)")));
+        return Err(FillError::Failed { total, failures });
+    }
+    let paths: Vec<StorePath> = filled.iter().map(|f| f.path.clone()).collect();
+    store.add_root(&root_name(recipe), &paths)?;
+    Ok(FillReport { inputs: filled })
+}

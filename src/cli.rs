@@ -1,0 +1,181 @@
+//! Command-line definitions (clap derive). Help texts teach; behaviour lives in
+//! the `cmd_*` modules and the library crates.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// The recipe built when none is named.
+pub const DEFAULT_RECIPE: &str = "images/ubuntu-24.04-k8s-1.29.toml";
+
+/// hearth: hermetic node images and a self-assembling kubeadm appliance on libvirt.
+///
+/// `hearth build` turns a pinned recipe into a content-addressed qcow2 node image,
+/// bit for bit the same on any machine; `hearth launch` boots the images as fixed-IP
+/// libvirt VMs that form the cluster on first boot, offline.
+#[derive(Debug, Parser)]
+#[command(name = "hearth", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every verb takes.
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Store directory [default: /var/lib/hearth/store as root, else $XDG_DATA_HOME/hearth/store]
+    #[arg(long, global = true, env = "HEARTH_STORE", value_name = "DIR")]
+    pub store: Option<PathBuf>,
+    /// Never touch the network; a missing input is an error that names it
+    #[arg(long, global = true)]
+    pub offline: bool,
+    /// More detail (repeat for more)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+    /// Only errors and results; no progress bars
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build a node image from a recipe; prints its store path
+    Build(BuildArgs),
+    /// Fill the store with every pinned input of a recipe, nothing else
+    ///
+    /// Downloads run in parallel (see `[fetch] jobs` in ~/.config/hearth/config.toml),
+    /// resume after interruption and are checked against their sha256 while they stream.
+    /// Mirrors (`[mirrors]` or HEARTH_MIRRORS="PREFIX=MIRROR[,MIRROR]") replace URL prefixes.
+    Fetch(RecipeArg),
+    /// Resolve a recipe's unpinned inputs and write its lock file (needs the network)
+    Lock(RecipeArg),
+    /// Create network, disks, seeds and VMs; wait until the cluster is Ready
+    Launch(ApplianceArg),
+    /// Show VMs, IPs, first-boot stages, Kubernetes nodes and platform health
+    Status(ApplianceJsonArg),
+    /// Throw the VMs and their disks away and recreate them from the stored image (offline)
+    Reinstall(ApplianceArg),
+    /// Remove what hearth created for an appliance, and nothing else
+    Destroy(ApplianceArg),
+    /// Print the admin kubeconfig, or merge it into ~/.kube/config
+    Kubeconfig(KubeconfigArgs),
+    /// SSH into a node as the image's default user, with your key
+    Ssh(SshArgs),
+    /// Attach to a node's serial console
+    Console(NodeArg),
+    /// Inspect and manage the store
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct RecipeArg {
+    /// Recipe file
+    #[arg(default_value = DEFAULT_RECIPE)]
+    pub recipe: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Recipe file
+    #[arg(default_value = DEFAULT_RECIPE)]
+    pub recipe: PathBuf,
+    /// Rebuild and compare bit for bit with the stored output
+    #[arg(long)]
+    pub check: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplianceArg {
+    /// appliance.toml (without one, the built-in default layout)
+    pub appliance: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplianceJsonArg {
+    /// appliance.toml (without one, the built-in default layout)
+    pub appliance: Option<PathBuf>,
+    /// Machine-readable output
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct KubeconfigArgs {
+    /// Merge into ~/.kube/config instead of printing
+    #[arg(long)]
+    pub merge: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SshArgs {
+    /// Node name (e.g. k8s-control-plane)
+    pub node: String,
+    /// Command to run instead of a shell
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct NodeArg {
+    /// Node name
+    pub node: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// List entries
+    Ls {
+        /// Machine-readable output
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the store directory, or the path of an entry (by name or hash part)
+    Path {
+        /// Entry name, hash part, or path
+        entry: Option<String>,
+    },
+    /// Add a local file as the fixed-output entry for its sha256
+    ///
+    /// The offline way to provide a download: `hearth store add ./kubeadm --sha256 d074...`.
+    /// The bytes are hashed while copied; a mismatch adds nothing.
+    Add {
+        /// The file
+        file: PathBuf,
+        /// Its expected sha256 (64 hex digits)
+        #[arg(long, value_name = "HEX")]
+        sha256: String,
+        /// Entry name [default: the file's name]
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Re-hash entries and compare with their manifests; non-zero if any differs
+    Verify {
+        /// Entries to check [default: all]
+        entries: Vec<String>,
+        /// Machine-readable output
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove entries that no root keeps alive
+    Gc {
+        /// Only print what would be removed
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Write entries and their closure to one bundle (tar)
+    Export {
+        /// Entries to export [default: everything the roots keep]
+        entries: Vec<String>,
+        /// Bundle file (`-` for standard output)
+        #[arg(short, long, value_name = "BUNDLE")]
+        output: PathBuf,
+    },
+    /// Read a bundle, verify every entry, then add them all (or nothing)
+    Import {
+        /// Bundle file (`-` for standard input)
+        bundle: PathBuf,
+    },
+}

@@ -1,0 +1,51 @@
+//! `hearth fetch`: fill the store with a recipe's inputs.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use hearth_builder::{config, fetch::Fetcher, fill, recipe};
+
+use crate::cli::Global;
+use crate::progress::Progress;
+use crate::{CmdResult, Failure};
+
+/// Fetch options from the user's configuration, the environment and `--offline`.
+pub fn fetch_options(g: &Global) -> anyhow::Result<hearth_builder::fetch::FetchOptions> {
+    let path = config::default_path();
+    let mut opts = config::load_fetch_options(path.as_deref(), &|k| std::env::var(k).ok())
+        .context("loading hearth's configuration")?;
+    opts.offline = g.offline;
+    Ok(opts)
+}
+
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
+}
+
+pub fn fetch(g: &Global, recipe_path: &Path) -> CmdResult {
+    let loaded = recipe::load_recipe(recipe_path)?;
+    let store = crate::open_store(g)?;
+    let progress = Arc::new(Progress::new(g.quiet));
+    let fetcher = Fetcher::new(fetch_options(g)?, progress.clone())?;
+    let result = runtime()?.block_on(fill::fill(&fetcher, &store, &loaded));
+    progress.finish();
+    match result {
+        Ok(report) => {
+            if g.verbose > 0 || report.downloaded() > 0 {
+                print!("{report}");
+            }
+            let n = report.inputs.len();
+            if report.downloaded() == 0 {
+                println!("all {n} inputs of `{}` are already in the store; nothing to do", recipe_path.display());
+            } else {
+                println!("fetched {} of {n} inputs into `{}`", report.downloaded(), store.root().display());
+            }
+            Ok(())
+        }
+        Err(e) => {
+            let hint = e.hint(&recipe_path.display().to_string());
+            Err(Failure { error: anyhow::Error::new(e).context(format!("fetching the inputs of `{}`", recipe_path.display())), hint })
+        }
+    }
+}
