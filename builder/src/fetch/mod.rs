@@ -171,7 +171,8 @@ impl FetchError {
                 status.is_server_error() || *status == StatusCode::REQUEST_TIMEOUT || *status == StatusCode::TOO_MANY_REQUESTS
             }
             FetchError::Http { source, .. } => {
-                source.is_connect() || source.is_timeout() || source.is_body() || source.is_request()
+                // Without content decoding, a "decode" error is a body cut short.
+                source.is_connect() || source.is_timeout() || source.is_body() || source.is_decode() || source.is_request()
             }
             _ => false,
         }
