@@ -308,7 +308,8 @@ async fn respond(sock: &mut TcpStream, status: &str, headers: &[String], body: &
 
 /// Deterministic pseudo-random bytes (xorshift), so fixtures need no files.
 pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
+    // Spread the seed so that neighbouring seeds give unrelated streams.
+    let mut x = (seed.wrapping_add(1)).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut out = Vec::with_capacity(len + 8);
     while out.len() < len {
         x ^= x << 13;
