@@ -172,6 +172,10 @@ pub enum StoreCommand {
         /// Bundle file (`-` for standard output)
         #[arg(short, long, value_name = "BUNDLE")]
         output: PathBuf,
+        /// Write one OCI image entry as an OCI archive instead (what
+        /// `ctr -n k8s.io images import` takes); deterministic, mtimes 0
+        #[arg(long)]
+        oci_archive: bool,
     },
     /// Read a bundle, verify every entry, then add them all (or nothing)
     Import {

@@ -34,7 +34,8 @@ pub fn run(g: &Global, cmd: StoreCommand) -> CmdResult {
             }
             Ok(())
         }
-        StoreCommand::Export { entries, output } => export(&store, &entries, &output),
+        StoreCommand::Export { entries, output, oci_archive: true } => oci_archive(&store, &entries, &output),
+        StoreCommand::Export { entries, output, oci_archive: false } => export(&store, &entries, &output),
         StoreCommand::Import { bundle } => import(&store, &bundle),
     }
 }
@@ -123,6 +124,48 @@ fn count_entries(problems: &[store::Problem]) -> usize {
     e.len()
 }
 
+fn oci_archive(store: &Store, entries: &[String], output: &Path) -> CmdResult {
+    let [entry] = entries else {
+        return Err(anyhow::anyhow!("--oci-archive takes exactly one image entry, {} given", entries.len()).into());
+    };
+    let path = store.resolve(entry)?;
+    if !store.manifest(&path)?.outputs.contains_key("oci-layout") {
+        return Err(anyhow::anyhow!("`{path}` is not an OCI image entry").into());
+    }
+    let dir = store.entry_dir(&path);
+    write_output(output, |w| Ok(hearth_builder::oci::write_archive(&dir, 0, w)?))?;
+    if output != Path::new("-") {
+        println!("wrote OCI archive of `{path}` to `{}`", output.display());
+    }
+    Ok(())
+}
+
+/// Writes to `output` (or stdout for `-`) through a temporary sibling that is
+/// renamed into place only when `write` succeeded, so no half file is left.
+fn write_output(output: &Path, write: impl FnOnce(&mut dyn Write) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    if output == Path::new("-") {
+        let mut out = BufWriter::new(io::stdout().lock());
+        write(&mut out)?;
+        return Ok(out.flush()?);
+    }
+    let tmp = output.with_file_name(format!(
+        ".{}.partial",
+        output.file_name().map(|s| s.to_string_lossy()).unwrap_or_default()
+    ));
+    let result = (|| -> anyhow::Result<()> {
+        let f = File::create(&tmp).with_context(|| format!("creating `{}`", tmp.display()))?;
+        let mut w = BufWriter::with_capacity(1 << 20, f);
+        write(&mut w)?;
+        w.flush()?;
+        w.get_ref().sync_all()?;
+        std::fs::rename(&tmp, output).with_context(|| format!("writing `{}`", output.display()))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
 fn export(store: &Store, entries: &[String], output: &Path) -> CmdResult {
     let paths: Vec<StorePath> = if entries.is_empty() {
         let mut all: Vec<StorePath> = store.roots()?.into_values().flatten().collect();
@@ -135,36 +178,17 @@ fn export(store: &Store, entries: &[String], output: &Path) -> CmdResult {
     } else {
         resolve_all(store, entries)?
     };
+    let mut count = 0;
+    write_output(output, |w| {
+        count = store.export(&paths, w)?.len();
+        Ok(())
+    })?;
     if output == Path::new("-") {
-        let out = BufWriter::new(io::stdout().lock());
-        let written = store.export(&paths, out)?;
-        eprintln!("exported {} entries", written.len());
-        return Ok(());
+        eprintln!("exported {count} entries");
+    } else {
+        println!("exported {count} entries to `{}`", output.display());
     }
-    // Write beside the target and rename, so a failed export leaves no bundle.
-    let tmp = output.with_file_name(format!(
-        ".{}.partial",
-        output.file_name().map(|s| s.to_string_lossy()).unwrap_or_default()
-    ));
-    let result = (|| -> anyhow::Result<usize> {
-        let f = File::create(&tmp).with_context(|| format!("creating `{}`", tmp.display()))?;
-        let mut w = BufWriter::with_capacity(1 << 20, f);
-        let written = store.export(&paths, &mut w)?;
-        w.flush()?;
-        w.get_ref().sync_all()?;
-        std::fs::rename(&tmp, output).with_context(|| format!("writing `{}`", output.display()))?;
-        Ok(written.len())
-    })();
-    match result {
-        Ok(n) => {
-            println!("exported {n} entries to `{}`", output.display());
-            Ok(())
-        }
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            Err(e.into())
-        }
-    }
+    Ok(())
 }
 
 fn import(store: &Store, bundle: &Path) -> CmdResult {

@@ -1,1 +1,304 @@
+//! OCI images: pulls by digest through the registry API, from the loopback test
+//! server (anonymous bearer-token flow, redirect to blob storage) and from Debian's
+//! real `docker-registry` with an image pushed by `skopeo`; tampering is caught.
 
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Env, Item, free_port, require_tool, sha256_hex, write_recipe};
+use hearth_testsupport::{Behavior, RouteOpts, Server};
+
+const INDEX_TYPE: &str = "application/vnd.oci.image.index.v1+json";
+const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+
+/// A two-platform image made in memory: every blob by digest, the index digest,
+/// and which blobs belong to amd64.
+struct Fixture {
+    blobs: BTreeMap<String, (Vec<u8>, &'static str)>,
+    index: String,
+    amd64: Vec<String>,
+    arm64_only: Vec<String>,
+}
+
+fn gz_layer(file: &str, body: &[u8]) -> (Vec<u8>, String) {
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_ustar();
+    h.set_size(body.len() as u64);
+    h.set_mode(0o644);
+    h.set_mtime(0);
+    h.set_cksum();
+    tar.append_data(&mut h, file, body).unwrap();
+    let raw = tar.into_inner().unwrap();
+    let diff_id = sha256_hex(&raw);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&raw).unwrap();
+    (gz.finish().unwrap(), diff_id)
+}
+
+fn fixture() -> Fixture {
+    let mut blobs = BTreeMap::new();
+    let mut put = |bytes: Vec<u8>, media: &'static str| {
+        let d = format!("sha256:{}", sha256_hex(&bytes));
+        let size = bytes.len();
+        blobs.insert(d.clone(), (bytes, media));
+        (d, size)
+    };
+    let mut per_arch = Vec::new();
+    for arch in ["amd64", "arm64"] {
+        let (layer, diff_id) = gz_layer("hello.txt", format!("hello from {arch}\n").as_bytes());
+        let (layer_d, layer_n) = put(layer, "application/vnd.oci.image.layer.v1.tar+gzip");
+        let config = format!(
+            r#"{{"architecture":"{arch}","os":"linux","config":{{}},"rootfs":{{"type":"layers","diff_ids":["sha256:{diff_id}"]}}}}"#
+        );
+        let (config_d, config_n) = put(config.into_bytes(), "application/vnd.oci.image.config.v1+json");
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{MANIFEST_TYPE}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config_d}","size":{config_n}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{layer_d}","size":{layer_n}}}]}}"#
+        );
+        let (m_d, m_n) = put(manifest.into_bytes(), MANIFEST_TYPE);
+        per_arch.push((arch, m_d, m_n, vec![layer_d, config_d]));
+    }
+    let entries: Vec<String> = per_arch
+        .iter()
+        .map(|(arch, d, n, _)| format!(r#"{{"mediaType":"{MANIFEST_TYPE}","digest":"{d}","size":{n},"platform":{{"architecture":"{arch}","os":"linux"}}}}"#))
+        .collect();
+    let index = format!(r#"{{"schemaVersion":2,"mediaType":"{INDEX_TYPE}","manifests":[{}]}}"#, entries.join(","));
+    let (index_d, _) = put(index.into_bytes(), INDEX_TYPE);
+    let (_, amd_m, _, amd_blobs) = &per_arch[0];
+    let (_, arm_m, _, arm_blobs) = &per_arch[1];
+    let mut amd64 = vec![index_d.clone(), amd_m.clone()];
+    amd64.extend(amd_blobs.iter().cloned());
+    let mut arm64_only = vec![arm_m.clone()];
+    arm64_only.extend(arm_blobs.iter().cloned());
+    Fixture { blobs, index: index_d, amd64, arm64_only }
+}
+
+fn image_recipe(env: &Env, srv_for_base: &Server, reference: &str, digest: &str) -> String {
+    srv_for_base.serve("/base.img", b"base".to_vec(), Behavior::Normal);
+    let recipe = env.path("r.toml");
+    write_recipe(&recipe, &Item::new("base", "base.img", &srv_for_base.url("/base.img"), b"base"), &[]);
+    let mut text = std::fs::read_to_string(&recipe).unwrap();
+    text.push_str(&format!("[[images]]\nreference = \"{reference}\"\ndigest = \"{digest}\"\n"));
+    std::fs::write(&recipe, text).unwrap();
+    recipe.display().to_string()
+}
+
+fn image_entry(env: &Env) -> std::path::PathBuf {
+    let name = env.entries().into_iter().find(|e| e.contains("test_img")).expect("image entry");
+    env.store.join(name)
+}
+
+fn blob_files(entry: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(entry.join("blobs/sha256"))
+        .unwrap()
+        .map(|e| format!("sha256:{}", e.unwrap().file_name().to_string_lossy()))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn pull_with_anonymous_token_and_blob_redirect() {
+    let env = Env::new();
+    let srv = Server::start();
+    // Blob storage is another origin, as a CDN or bucket is.
+    let storage_srv = Server::start();
+    let fx = fixture();
+    let token = "anon-token-123";
+    let challenge = format!(r#"Bearer realm="{}/token",service="test-registry",scope="repository:test/img:pull""#, srv.base());
+    srv.serve("/token", format!(r#"{{"token":"{token}"}}"#).into_bytes(), Behavior::Normal);
+    for (digest, (bytes, media)) in &fx.blobs {
+        let kind = if *media == INDEX_TYPE || *media == MANIFEST_TYPE { "manifests" } else { "blobs" };
+        let path = format!("/v2/test/img/{kind}/{digest}");
+        let opts = RouteOpts { content_type: Some(media.to_string()), bearer: Some((token.into(), challenge.clone())) };
+        if media.contains("layer") {
+            // Layers live in "blob storage": the registry redirects there.
+            let storage = format!("/storage/{digest}");
+            storage_srv.serve(&storage, bytes.clone(), Behavior::Normal);
+            srv.serve_with(&path, Vec::new(), Behavior::Redirect(storage_srv.url(&storage)), opts);
+        } else {
+            srv.serve_with(&path, bytes.clone(), Behavior::Normal, opts);
+        }
+    }
+    let reference = format!("127.0.0.1:{}/test/img:1.0", srv.base().rsplit(':').next().unwrap());
+    let recipe = image_recipe(&env, &srv, &reference, &fx.index);
+    env.run(&["fetch", &recipe]).ok();
+
+    let token_req = srv.headers("/token").pop().expect("token requested");
+    assert!(token_req.contains("service=test-registry") && token_req.contains("scope=repository%3Atest%2Fimg%3Apull"), "{token_req}");
+    for d in &fx.amd64 {
+        if fx.blobs[d].1.contains("layer") {
+            let h = storage_srv.headers(&format!("/storage/{d}")).pop().unwrap().to_ascii_lowercase();
+            assert!(!h.contains("authorization"), "the token leaked to blob storage: {h}");
+        }
+    }
+    let entry = image_entry(&env);
+    let mut want = fx.amd64.clone();
+    want.sort();
+    assert_eq!(blob_files(&entry), want, "exactly the amd64 closure is stored");
+    for d in &fx.arm64_only {
+        assert!(!blob_files(&entry).contains(d));
+    }
+    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(entry.join("index.json")).unwrap()).unwrap();
+    assert_eq!(index["manifests"][0]["digest"], fx.index.as_str());
+    assert_eq!(index["manifests"][0]["annotations"]["io.containerd.image.name"], reference.as_str());
+    env.run(&["store", "verify"]).ok();
+
+    // A second fetch asks the registry nothing.
+    let before = srv.requests("/token");
+    env.run(&["fetch", &recipe]).ok().stdout_has("nothing to do");
+    assert_eq!(srv.requests("/token"), before);
+
+    // The OCI archive is deterministic and readable by skopeo.
+    let a = env.path("a.tar");
+    let b = env.path("b.tar");
+    let name = entry.file_name().unwrap().to_str().unwrap().to_owned();
+    env.run(&["store", "export", "--oci-archive", &name, "-o", a.to_str().unwrap()]).ok();
+    env.run(&["store", "export", "--oci-archive", &name, "-o", b.to_str().unwrap()]).ok();
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    if require_tool("skopeo") {
+        let out = Command::new("skopeo")
+            .args(["inspect", "--override-arch", "amd64", "--override-os", "linux", &format!("oci-archive:{}", a.display())])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "skopeo inspect: {}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["Architecture"], "amd64");
+    }
+}
+
+#[test]
+fn a_manifest_that_does_not_match_its_pin_is_rejected() {
+    let env = Env::new();
+    let srv = Server::start();
+    let fx = fixture();
+    // Serve the arm64 manifest's bytes where the index digest was pinned.
+    let (arm_manifest, _) = &fx.blobs[&fx.arm64_only[0]];
+    srv.serve_with(
+        &format!("/v2/test/img/manifests/{}", fx.index),
+        arm_manifest.clone(),
+        Behavior::Normal,
+        RouteOpts { content_type: Some(MANIFEST_TYPE.into()), bearer: None },
+    );
+    let reference = format!("127.0.0.1:{}/test/img:1.0", srv.base().rsplit(':').next().unwrap());
+    let recipe = image_recipe(&env, &srv, &reference, &fx.index);
+    let r = env.run(&["fetch", &recipe]).fails();
+    r.stderr_has("does not match its pin");
+    r.stderr_has(&format!("expected: {}", fx.index));
+    assert!(!env.entries().iter().any(|e| e.contains("test_img")));
+}
+
+/// Debian's docker-registry on a loopback port, stopped on drop.
+struct Registry {
+    child: Child,
+    port: u16,
+    root: std::path::PathBuf,
+}
+
+impl Registry {
+    fn start(dir: &Path) -> Registry {
+        let port = free_port();
+        let root = dir.join("registry-data");
+        let config = dir.join("registry.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                root.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("docker-registry")
+            .args(["serve", config.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start docker-registry");
+        let reg = Registry { child, port, root };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                let _ = s.write_all(b"GET /v2/ HTTP/1.0\r\n\r\n");
+                let mut buf = String::new();
+                let _ = s.read_to_string(&mut buf);
+                if buf.starts_with("HTTP/1.0 200") || buf.starts_with("HTTP/1.1 200") {
+                    return reg;
+                }
+            }
+            assert!(Instant::now() < deadline, "docker-registry did not come up on port {port}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write_layout(fx: &Fixture, dir: &Path) {
+    std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+    for (d, (bytes, _)) in &fx.blobs {
+        std::fs::write(dir.join("blobs/sha256").join(d.trim_start_matches("sha256:")), bytes).unwrap();
+    }
+    let size = fx.blobs[&fx.index].0.len();
+    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    std::fs::write(
+        dir.join("index.json"),
+        format!(
+            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"{INDEX_TYPE}","digest":"{}","size":{size},"annotations":{{"org.opencontainers.image.ref.name":"1.0"}}}}]}}"#,
+            fx.index
+        ),
+    )
+    .unwrap();
+}
+
+#[test]
+fn pull_from_a_real_registry_and_catch_a_tampered_blob() {
+    if !require_tool("docker-registry") || !require_tool("skopeo") {
+        return;
+    }
+    let env = Env::new();
+    let fx = fixture();
+    let layout = env.path("layout");
+    write_layout(&fx, &layout);
+    let reg = Registry::start(env.dir.path());
+    let dest = format!("docker://127.0.0.1:{}/test/img:1.0", reg.port);
+    let out = Command::new("skopeo")
+        .args(["copy", "--all", "--preserve-digests", "--dest-tls-verify=false", "--insecure-policy"])
+        .arg(format!("oci:{}:1.0", layout.display()))
+        .arg(&dest)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "skopeo copy: {}", String::from_utf8_lossy(&out.stderr));
+
+    let srv = Server::start();
+    let reference = format!("127.0.0.1:{}/test/img:1.0", reg.port);
+    let recipe = image_recipe(&env, &srv, &reference, &fx.index);
+    env.run(&["fetch", &recipe]).ok();
+    let entry = image_entry(&env);
+    let mut want = fx.amd64.clone();
+    want.sort();
+    assert_eq!(blob_files(&entry), want);
+    env.run(&["store", "verify"]).ok();
+
+    // Flip a byte of the amd64 layer inside the registry's storage.
+    let layer = fx.amd64.iter().find(|d| fx.blobs[*d].1.contains("layer")).unwrap();
+    let hex = layer.trim_start_matches("sha256:");
+    let data = reg.root.join("docker/registry/v2/blobs/sha256").join(&hex[..2]).join(hex).join("data");
+    let mut bytes = std::fs::read(&data).unwrap();
+    bytes[10] ^= 0xff;
+    std::fs::write(&data, bytes).unwrap();
+
+    let fresh = Env::new();
+    let r = fresh.run(&["fetch", &recipe]).fails();
+    r.stderr_has(&format!("digest mismatch for `http://127.0.0.1:{}/v2/test/img/blobs/{layer}`", reg.port));
+    r.stderr_has(&format!("expected sha256: {hex}"));
+    assert!(!fresh.entries().iter().any(|e| e.contains("test_img")), "{:?}", fresh.entries());
+}

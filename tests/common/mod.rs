@@ -152,3 +152,21 @@ pub fn write_recipe(path: &Path, base: &Item, items: &[Item]) {
     }
     std::fs::write(path, t).unwrap();
 }
+
+/// Whether an external tool is on PATH. A missing tool skips the test loudly on a
+/// developer's machine and fails it under CI (`CI=true`), where it must exist.
+pub fn require_tool(tool: &str) -> bool {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+        .unwrap_or(false);
+    if !found {
+        assert!(std::env::var("CI").is_err(), "`{tool}` is required under CI but is not installed");
+        eprintln!("SKIPPED: `{tool}` is not installed (README's test command installs it)");
+    }
+    found
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}

@@ -72,9 +72,19 @@ pub enum Behavior {
     Throttle(u64),
 }
 
+/// Extra per-route settings.
+#[derive(Clone, Debug, Default)]
+pub struct RouteOpts {
+    /// `Content-Type` to send.
+    pub content_type: Option<String>,
+    /// Require `Authorization: Bearer <token>`, else 401 with this challenge.
+    pub bearer: Option<(String, String)>,
+}
+
 struct Route {
     content: Content,
     behavior: Behavior,
+    opts: RouteOpts,
     requests: u64,
     bytes_sent: u64,
     headers: Vec<String>,
@@ -120,7 +130,15 @@ impl Server {
     pub fn route(&self, path: &str, content: Content, behavior: Behavior) {
         self.state.lock().unwrap().routes.insert(
             path.to_owned(),
-            Route { content, behavior, requests: 0, bytes_sent: 0, headers: Vec::new() },
+            Route { content, behavior, opts: RouteOpts::default(), requests: 0, bytes_sent: 0, headers: Vec::new() },
+        );
+    }
+
+    /// Adds a route from memory with settings.
+    pub fn serve_with(&self, path: &str, bytes: Vec<u8>, behavior: Behavior, opts: RouteOpts) {
+        self.state.lock().unwrap().routes.insert(
+            path.to_owned(),
+            Route { content: Content::Memory(Arc::new(bytes)), behavior, opts, requests: 0, bytes_sent: 0, headers: Vec::new() },
         );
     }
 
@@ -173,7 +191,11 @@ async fn handle(mut sock: TcpStream, state: Arc<Mutex<State>>) -> std::io::Resul
     let head = String::from_utf8_lossy(&buf).into_owned();
     let mut lines = head.split("\r\n");
     let request_line = lines.next().unwrap_or_default();
-    let path = request_line.split(' ').nth(1).unwrap_or("/").to_owned();
+    let target = request_line.split(' ').nth(1).unwrap_or("/");
+    let path = target.split('?').next().unwrap_or("/").to_owned();
+    let authorization = lines
+        .clone()
+        .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("authorization")).map(|(_, v)| v.trim().to_owned()));
     let range_start: Option<u64> = lines
         .clone()
         .find_map(|l| l.to_ascii_lowercase().strip_prefix("range: bytes=").map(str::to_owned))
@@ -184,12 +206,18 @@ async fn handle(mut sock: TcpStream, state: Arc<Mutex<State>>) -> std::io::Resul
         st.routes.get_mut(&path).map(|route| {
             route.requests += 1;
             route.headers.push(head.clone());
-            (route.content.clone(), route.behavior.clone(), route.requests)
+            (route.content.clone(), route.behavior.clone(), route.requests, route.opts.clone())
         })
     };
-    let Some((content, behavior, nth)) = found else {
+    let Some((content, behavior, nth, opts)) = found else {
         return respond(&mut sock, "404 Not Found", &[], b"not found\n").await;
     };
+    if let Some((token, challenge)) = &opts.bearer
+        && authorization.as_deref() != Some(&format!("Bearer {token}"))
+    {
+        let h = [format!("WWW-Authenticate: {challenge}")];
+        return respond(&mut sock, "401 Unauthorized", &h, b"{\"errors\":[{\"code\":\"UNAUTHORIZED\"}]}").await;
+    }
     let len = content.len();
     match behavior {
         Behavior::Status(code) => return respond(&mut sock, &status_line(code), &[], b"").await,
@@ -206,6 +234,9 @@ async fn handle(mut sock: TcpStream, state: Arc<Mutex<State>>) -> std::io::Resul
         return respond(&mut sock, "416 Range Not Satisfiable", &[format!("Content-Range: bytes */{len}")], b"").await;
     }
     let mut headers = vec![format!("Content-Length: {}", len - start)];
+    if let Some(ct) = &opts.content_type {
+        headers.push(format!("Content-Type: {ct}"));
+    }
     let status = if range_start.is_some() {
         headers.push(format!("Content-Range: bytes {start}-{}/{len}", len - 1));
         "206 Partial Content"
