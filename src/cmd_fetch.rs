@@ -45,7 +45,10 @@ pub fn fetch(g: &Global, recipe_path: &Path) -> CmdResult {
         }
         Err(e) => {
             let hint = e.hint(&recipe_path.display().to_string());
-            Err(Failure { error: anyhow::Error::new(e).context(format!("fetching the inputs of `{}`", recipe_path.display())), hint })
+            Err(Failure {
+                error: anyhow::Error::new(e).context(format!("fetching the inputs of `{}`", recipe_path.display())),
+                hint,
+            })
         }
     }
 }

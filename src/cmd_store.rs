@@ -113,8 +113,16 @@ fn verify(store: &Store, entries: &[String], json: bool) -> CmdResult {
     }
     let list: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
     Err(Failure {
-        error: anyhow::anyhow!("{} of {} entries failed verification:\n  {}", count_entries(&problems), paths.len(), list.join("\n  ")),
-        hint: Some("remove a damaged entry with `hearth store gc` after dropping its root, or re-import it from a bundle".into()),
+        error: anyhow::anyhow!(
+            "{} of {} entries failed verification:\n  {}",
+            count_entries(&problems),
+            paths.len(),
+            list.join("\n  ")
+        ),
+        hint: Some(
+            "remove a damaged entry with `hearth store gc` after dropping its root, or re-import it from a bundle"
+                .into(),
+        ),
     })
 }
 
@@ -148,10 +156,8 @@ fn write_output(output: &Path, write: impl FnOnce(&mut dyn Write) -> anyhow::Res
         write(&mut out)?;
         return Ok(out.flush()?);
     }
-    let tmp = output.with_file_name(format!(
-        ".{}.partial",
-        output.file_name().map(|s| s.to_string_lossy()).unwrap_or_default()
-    ));
+    let tmp = output
+        .with_file_name(format!(".{}.partial", output.file_name().map(|s| s.to_string_lossy()).unwrap_or_default()));
     let result = (|| -> anyhow::Result<()> {
         let f = File::create(&tmp).with_context(|| format!("creating `{}`", tmp.display()))?;
         let mut w = BufWriter::with_capacity(1 << 20, f);

@@ -24,9 +24,11 @@ impl Progress {
         let multi = MultiProgress::with_draw_target(target);
         let total = multi.add(ProgressBar::new(0));
         total.set_style(
-            ProgressStyle::with_template("{prefix:>8.bold} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}")
-                .expect("valid template")
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{prefix:>8.bold} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
         );
         total.set_prefix("total");
         Progress { multi, bars: Mutex::new(BTreeMap::new()), total, draw, quiet }

@@ -109,7 +109,9 @@ fn service_unavailable_twice_then_ok_is_retried() {
 #[test]
 fn a_trickle_trips_the_low_speed_timeout() {
     let mut env = Env::new();
-    env.env("HEARTH_FETCH_LOW_SPEED_TIME_S", "1").env("HEARTH_FETCH_LOW_SPEED_LIMIT", "10000").env("HEARTH_FETCH_ATTEMPTS", "2");
+    env.env("HEARTH_FETCH_LOW_SPEED_TIME_S", "1")
+        .env("HEARTH_FETCH_LOW_SPEED_LIMIT", "10000")
+        .env("HEARTH_FETCH_ATTEMPTS", "2");
     let srv = Server::start();
     let behavior = Behavior::Trickle { chunk: 10, every: Duration::from_millis(100) };
     let (_, recipe) = one_input_recipe(&env, &srv, behavior, 1_000_000);
@@ -182,7 +184,12 @@ fn kill_9_mid_download_then_rerun_resumes() {
     let srv = Server::start();
     let len = 8 << 20;
     let (_, recipe) = one_input_recipe(&env, &srv, Behavior::Throttle(2 << 20), len);
-    let mut child = env.cmd(&["fetch", &recipe]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let mut child = env
+        .cmd(&["fetch", &recipe])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while srv.bytes_sent("/base.img") < (2 << 20) {
         assert!(Instant::now() < deadline, "download never got going");

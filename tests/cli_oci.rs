@@ -109,7 +109,8 @@ fn pull_with_anonymous_token_and_blob_redirect() {
     let storage_srv = Server::start();
     let fx = fixture();
     let token = "anon-token-123";
-    let challenge = format!(r#"Bearer realm="{}/token",service="test-registry",scope="repository:test/img:pull""#, srv.base());
+    let challenge =
+        format!(r#"Bearer realm="{}/token",service="test-registry",scope="repository:test/img:pull""#, srv.base());
     srv.serve("/token", format!(r#"{{"token":"{token}"}}"#).into_bytes(), Behavior::Normal);
     for (digest, (bytes, media)) in &fx.blobs {
         let kind = if *media == INDEX_TYPE || *media == MANIFEST_TYPE { "manifests" } else { "blobs" };
@@ -129,7 +130,10 @@ fn pull_with_anonymous_token_and_blob_redirect() {
     env.run(&["fetch", &recipe]).ok();
 
     let token_req = srv.headers("/token").pop().expect("token requested");
-    assert!(token_req.contains("service=test-registry") && token_req.contains("scope=repository%3Atest%2Fimg%3Apull"), "{token_req}");
+    assert!(
+        token_req.contains("service=test-registry") && token_req.contains("scope=repository%3Atest%2Fimg%3Apull"),
+        "{token_req}"
+    );
     for d in &fx.amd64 {
         if fx.blobs[d].1.contains("layer") {
             let h = storage_srv.headers(&format!("/storage/{d}")).pop().unwrap().to_ascii_lowercase();
@@ -162,7 +166,14 @@ fn pull_with_anonymous_token_and_blob_redirect() {
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
     if require_tool("skopeo") {
         let out = Command::new("skopeo")
-            .args(["inspect", "--override-arch", "amd64", "--override-os", "linux", &format!("oci-archive:{}", a.display())])
+            .args([
+                "inspect",
+                "--override-arch",
+                "amd64",
+                "--override-os",
+                "linux",
+                &format!("oci-archive:{}", a.display()),
+            ])
             .output()
             .unwrap();
         assert!(out.status.success(), "skopeo inspect: {}", String::from_utf8_lossy(&out.stderr));

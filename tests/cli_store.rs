@@ -73,7 +73,11 @@ fn export_then_offline_import_into_an_empty_store() {
     srv.serve("/b.img", base.clone(), Behavior::Normal);
     srv.serve("/d.deb", deb.clone(), Behavior::Normal);
     let recipe = env.path("r.toml");
-    write_recipe(&recipe, &Item::new("base", "b.img", &srv.url("/b.img"), &base), &[Item::new("debs", "d", &srv.url("/d.deb"), &deb)]);
+    write_recipe(
+        &recipe,
+        &Item::new("base", "b.img", &srv.url("/b.img"), &base),
+        &[Item::new("debs", "d", &srv.url("/d.deb"), &deb)],
+    );
     env.run(&["fetch", recipe.to_str().unwrap()]).ok();
     let bundle = env.path("inputs.bundle");
     env.run(&["store", "export", "-o", bundle.to_str().unwrap()]).ok().stdout_has("exported 2 entries");

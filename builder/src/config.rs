@@ -23,8 +23,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::fetch::mirrors::{MirrorError, Mirrors};
 use crate::fetch::FetchOptions;
+use crate::fetch::mirrors::{MirrorError, Mirrors};
 
 /// Errors reading the configuration.
 #[derive(Debug, thiserror::Error)]
@@ -90,10 +90,15 @@ pub fn default_path() -> Option<PathBuf> {
 }
 
 /// Loads fetch options from `path` (absent is fine) and the environment.
-pub fn load_fetch_options(path: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result<FetchOptions, ConfigError> {
+pub fn load_fetch_options(
+    path: Option<&Path>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<FetchOptions, ConfigError> {
     let file = match path {
         Some(p) => match std::fs::read_to_string(p) {
-            Ok(text) => toml::from_str::<File>(&text).map_err(|source| ConfigError::Parse { path: p.to_owned(), source })?,
+            Ok(text) => {
+                toml::from_str::<File>(&text).map_err(|source| ConfigError::Parse { path: p.to_owned(), source })?
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => File::default(),
             Err(source) => return Err(ConfigError::Read { path: p.to_owned(), source }),
         },

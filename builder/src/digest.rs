@@ -203,10 +203,7 @@ mod tests {
 
     #[test]
     fn known_answer() {
-        assert_eq!(
-            Sha256::of(b"abc").hex(),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        assert_eq!(Sha256::of(b"abc").hex(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
         let (d, n) = Sha256::of_reader(&b"abc"[..]).unwrap();
         assert_eq!((d, n), (Sha256::of(b"abc"), 3));
     }

@@ -8,7 +8,7 @@ use futures_util::StreamExt;
 
 use crate::fetch::{FetchError, Fetcher};
 use crate::oci::{self, OciError};
-use crate::recipe::{Input, InputKind, LoadedRecipe};
+use crate::recipe::{Input, LoadedRecipe};
 use crate::store::{self, Store, StoreError, StorePath};
 
 /// Errors of a fill.
@@ -45,7 +45,9 @@ impl FillError {
     /// What the user can do about it.
     pub fn hint(&self, recipe_arg: &str) -> Option<String> {
         match self {
-            FillError::Unpinned { .. } => Some(format!("run `hearth lock {recipe_arg}` on a connected machine to pin them")),
+            FillError::Unpinned { .. } => {
+                Some(format!("run `hearth lock {recipe_arg}` on a connected machine to pin them"))
+            }
             FillError::Offline { .. } => Some(
                 "add each file with `hearth store add FILE --sha256 HASH`, or carry a bundle made by \
                  `hearth store export` on a connected machine and run `hearth store import BUNDLE`"
@@ -103,40 +105,20 @@ pub async fn fill(fetcher: &Fetcher, store: &Store, recipe: &LoadedRecipe) -> Re
     if !unpinned.is_empty() {
         return Err(FillError::Unpinned { recipe: recipe.path.display().to_string(), unpinned });
     }
-    let results: Vec<(Input, Result<(StorePath, bool), String>, bool)> =
-        futures_util::stream::iter(inputs.iter().cloned().map(|input| async move {
-            let pin = input.pin.expect("checked above");
-            let outcome = if input.kind == InputKind::Image {
-                let reference = input.reference.clone().unwrap_or_default();
-                let platform = input.platform.clone().unwrap_or_default();
-                match oci::pull(fetcher, store, &reference, pin, &platform, &input.name).await {
-                    Ok(p) => Ok((p.path, p.downloaded)),
-                    Err(e) => Err((matches!(e, OciError::Offline { .. }), e.to_string(), store::error_chain(&e))),
-                }
-            } else {
-                let req = input.file_request().expect("pinned file input");
-                match fetcher.fetch_file(store, &req).await {
-                    Ok(f) => Ok((f.path, f.downloaded)),
-                    Err(e) => Err((matches!(e, FetchError::Offline { .. }), e.to_string(), store::error_chain(&e))),
-                }
-            };
-            match outcome {
-                Ok(ok) => (input, Ok(ok), false),
-                Err((offline, short, chain)) => (input, Err(if offline { short } else { chain }), offline),
-            }
-        }))
-        .buffered(fetcher.options().jobs.max(1))
-        .collect()
-        .await;
+    let outcomes: Vec<Outcome> =
+        futures_util::stream::iter(inputs.iter().cloned().map(|input| fill_one(fetcher, store, input)))
+            .buffered(fetcher.options().jobs.max(1))
+            .collect()
+            .await;
 
-    let total = results.len();
+    let total = outcomes.len();
     let mut missing = Vec::new();
     let mut failures = Vec::new();
     let mut filled = Vec::new();
-    for (input, result, offline) in results {
-        match result {
-            Ok((path, downloaded)) => filled.push(Filled { input, path, downloaded }),
-            Err(_) if offline => {
+    for outcome in outcomes {
+        match outcome {
+            Outcome::Filled(f) => filled.push(f),
+            Outcome::Offline(input) => {
                 let pin = input.pin.expect("pinned");
                 let from = match &input.reference {
                     Some(r) => format!("image {r}@{}", pin.oci()),
@@ -144,7 +126,9 @@ pub async fn fill(fetcher: &Fetcher, store: &Store, recipe: &LoadedRecipe) -> Re
                 };
                 missing.push(format!("{} (line {}): {from}", input.id, input.line));
             }
-            Err(e) => failures.push(format!("{} (line {}): {}", input.id, input.line, e.replace('\n', "\n    "))),
+            Outcome::Failed(input, e) => {
+                failures.push(format!("{} (line {}): {}", input.id, input.line, e.replace('\n', "\n    ")))
+            }
         }
     }
     if !missing.is_empty() && failures.is_empty() {
@@ -157,4 +141,35 @@ pub async fn fill(fetcher: &Fetcher, store: &Store, recipe: &LoadedRecipe) -> Re
     let paths: Vec<StorePath> = filled.iter().map(|f| f.path.clone()).collect();
     store.add_root(&root_name(recipe), &paths)?;
     Ok(FillReport { inputs: filled })
+}
+
+enum Outcome {
+    Filled(Filled),
+    /// Missing, and the network is off limits.
+    Offline(Input),
+    /// The error chain, on one line per cause.
+    Failed(Input, String),
+}
+
+async fn fill_one(fetcher: &Fetcher, store: &Store, input: Input) -> Outcome {
+    let pin = input.pin.expect("checked by fill");
+    let result = match (&input.reference, &input.platform) {
+        (Some(reference), Some(platform)) => oci::pull(fetcher, store, reference, pin, platform, &input.name)
+            .await
+            .map(|p| (p.path, p.downloaded))
+            .map_err(|e| (matches!(e, OciError::Offline { .. }), store::error_chain(&e))),
+        _ => {
+            let req = input.file_request().expect("pinned file input");
+            fetcher
+                .fetch_file(store, &req)
+                .await
+                .map(|f| (f.path, f.downloaded))
+                .map_err(|e| (matches!(e, FetchError::Offline { .. }), store::error_chain(&e)))
+        }
+    };
+    match result {
+        Ok((path, downloaded)) => Outcome::Filled(Filled { input, path, downloaded }),
+        Err((true, _)) => Outcome::Offline(input),
+        Err((false, chain)) => Outcome::Failed(input, chain),
+    }
 }

@@ -45,7 +45,9 @@ pub enum OciError {
     #[error("`{0}` is not an image reference ({1})")]
     BadReference(String, &'static str),
     /// The manifest does not have the pinned digest.
-    #[error("manifest of `{reference}` from `{url}` does not match its pin\n  expected: {expected}\n  computed: {actual}")]
+    #[error(
+        "manifest of `{reference}` from `{url}` does not match its pin\n  expected: {expected}\n  computed: {actual}"
+    )]
     ManifestMismatch {
         /// The image.
         reference: String,
@@ -352,10 +354,25 @@ pub async fn pull(
     };
     let mut failures = Vec::new();
     for base in fetcher.options().mirrors.expand(&parsed.base_url()) {
-        let mut session = Session { client: &client, base: base.clone(), repository: parsed.repository.clone(), token: None };
-        match pull_into(fetcher, store, &mut session, &parsed, reference, digest, platform, pending.dir(), pending.path()).await {
+        let mut session =
+            Session { client: &client, base: base.clone(), repository: parsed.repository.clone(), token: None };
+        match pull_into(
+            fetcher,
+            store,
+            &mut session,
+            &parsed,
+            reference,
+            digest,
+            platform,
+            pending.dir(),
+            pending.path(),
+        )
+        .await
+        {
             Ok(outputs) => {
-                let path = tokio::task::spawn_blocking(move || pending.commit(outputs)).await.expect("commit task panicked")?;
+                let path = tokio::task::spawn_blocking(move || pending.commit(outputs))
+                    .await
+                    .expect("commit task panicked")?;
                 return Ok(Pulled { path, downloaded: true });
             }
             Err(e) => {
@@ -369,7 +386,9 @@ pub async fn pull(
 }
 
 fn clear_dir(dir: &Path) -> Result<(), OciError> {
-    for item in fs::read_dir(dir).map_err(|source| OciError::Io { op: "reading", path: dir.display().to_string(), source })? {
+    for item in
+        fs::read_dir(dir).map_err(|source| OciError::Io { op: "reading", path: dir.display().to_string(), source })?
+    {
         let item = item.map_err(|source| OciError::Io { op: "reading", path: dir.display().to_string(), source })?;
         store::remove_tree(&item.path())?;
     }
@@ -398,12 +417,8 @@ impl Session<'_> {
             }
             let resp = req.send().await.map_err(|source| OciError::Http { url: url.clone(), source })?;
             if resp.status() == StatusCode::UNAUTHORIZED && self.token.is_none() {
-                let challenge = resp
-                    .headers()
-                    .get(WWW_AUTHENTICATE)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default()
-                    .to_owned();
+                let challenge =
+                    resp.headers().get(WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
                 self.token = Some(self.fetch_token(&url, &challenge).await?);
                 continue;
             }
@@ -453,8 +468,11 @@ impl Session<'_> {
             access_token: Option<String>,
         }
         let body = resp.bytes().await.map_err(|source| OciError::Http { url: token_url.to_string(), source })?;
-        let t: Token = serde_json::from_slice(&body)
-            .map_err(|source| OciError::BadJson { url: token_url.to_string(), what: "token", source })?;
+        let t: Token = serde_json::from_slice(&body).map_err(|source| OciError::BadJson {
+            url: token_url.to_string(),
+            what: "token",
+            source,
+        })?;
         t.token.or(t.access_token).ok_or_else(auth_err)
     }
 }
@@ -473,23 +491,39 @@ async fn pull_into(
 ) -> Result<Outputs, OciError> {
     let mut outputs = Outputs::default();
     let blob_dir = dir.join("blobs").join("sha256");
-    fs::create_dir_all(&blob_dir).map_err(|source| OciError::Io { op: "creating", path: blob_dir.display().to_string(), source })?;
+    fs::create_dir_all(&blob_dir).map_err(|source| OciError::Io {
+        op: "creating",
+        path: blob_dir.display().to_string(),
+        source,
+    })?;
     let mut put = |d: &Sha256, bytes: &[u8]| -> Result<(), OciError> {
         let p = blob_dir.join(d.hex());
         fs::write(&p, bytes).map_err(|source| OciError::Io { op: "writing", path: p.display().to_string(), source })?;
-        outputs.files.insert(format!("blobs/sha256/{}", d.hex()), OutputRecord { sha256: *d, size: bytes.len() as u64, executable: false });
+        outputs.files.insert(
+            format!("blobs/sha256/{}", d.hex()),
+            OutputRecord { sha256: *d, size: bytes.len() as u64, executable: false },
+        );
         Ok(())
     };
 
     let (top, top_type, url) = session.manifest(&digest).await?;
     let actual = Sha256::of(&top);
     if actual != digest {
-        return Err(OciError::ManifestMismatch { reference: reference.into(), url, expected: digest.oci(), actual: actual.oci() });
+        return Err(OciError::ManifestMismatch {
+            reference: reference.into(),
+            url,
+            expected: digest.oci(),
+            actual: actual.oci(),
+        });
     }
     put(&digest, &top)?;
     let kind = media_kind(&top_type, &top);
     let (top_media, manifest_bytes, manifest_digest) = if kind == MediaKind::Index {
-        let index: Index = serde_json::from_slice(&top).map_err(|source| OciError::BadJson { url: url.clone(), what: "index", source })?;
+        let index: Index = serde_json::from_slice(&top).map_err(|source| OciError::BadJson {
+            url: url.clone(),
+            what: "index",
+            source,
+        })?;
         let (os, arch) = platform.split_once('/').unwrap_or((platform, ""));
         let chosen = index
             .manifests
@@ -500,7 +534,12 @@ async fn pull_into(
         let (bytes, _, murl) = session.manifest(&md).await?;
         let got = Sha256::of(&bytes);
         if got != md {
-            return Err(OciError::ManifestMismatch { reference: reference.into(), url: murl, expected: md.oci(), actual: got.oci() });
+            return Err(OciError::ManifestMismatch {
+                reference: reference.into(),
+                url: murl,
+                expected: md.oci(),
+                actual: got.oci(),
+            });
         }
         put(&md, &bytes)?;
         let media = index.media_type.clone().unwrap_or_else(|| guess_type(&top_type, INDEX_TYPES[0]));
@@ -508,8 +547,11 @@ async fn pull_into(
     } else {
         (guess_type(&top_type, MANIFEST_TYPES[0]), top.clone(), digest)
     };
-    let manifest: Manifest =
-        serde_json::from_slice(&manifest_bytes).map_err(|source| OciError::BadJson { url: url.clone(), what: "manifest", source })?;
+    let manifest: Manifest = serde_json::from_slice(&manifest_bytes).map_err(|source| OciError::BadJson {
+        url: url.clone(),
+        what: "manifest",
+        source,
+    })?;
 
     for blob in std::iter::once(&manifest.config).chain(&manifest.layers) {
         let d = digest_of(blob, reference)?;
@@ -527,10 +569,17 @@ async fn pull_into(
         let size = fetcher.download(&dl, &partial).await?;
         if size != blob.size {
             let _ = fs::remove_file(&partial);
-            return Err(OciError::Invalid { reference: reference.into(), message: format!("blob {} has {size} bytes, its descriptor says {}", blob.digest, blob.size) });
+            return Err(OciError::Invalid {
+                reference: reference.into(),
+                message: format!("blob {} has {size} bytes, its descriptor says {}", blob.digest, blob.size),
+            });
         }
         let dest = dir.join(&rel);
-        fs::rename(&partial, &dest).map_err(|source| OciError::Io { op: "moving blob", path: dest.display().to_string(), source })?;
+        fs::rename(&partial, &dest).map_err(|source| OciError::Io {
+            op: "moving blob",
+            path: dest.display().to_string(),
+            source,
+        })?;
         outputs.files.insert(rel, OutputRecord { sha256: d, size, executable: false });
     }
 
@@ -542,14 +591,27 @@ async fn pull_into(
     let layout_index = Index {
         schema_version: 2,
         media_type: Some(INDEX_TYPES[0].to_owned()),
-        manifests: vec![Descriptor { media_type: top_media, digest: digest.oci(), size: top.len() as u64, platform: None, annotations }],
+        manifests: vec![Descriptor {
+            media_type: top_media,
+            digest: digest.oci(),
+            size: top.len() as u64,
+            platform: None,
+            annotations,
+        }],
     };
     let mut files: Vec<(&str, Vec<u8>)> = vec![("oci-layout", b"{\"imageLayoutVersion\":\"1.0.0\"}".to_vec())];
     files.push(("index.json", serde_json::to_vec(&layout_index).expect("index serialises")));
     for (rel, bytes) in files {
         let p = dir.join(rel);
-        fs::write(&p, &bytes).map_err(|source| OciError::Io { op: "writing", path: p.display().to_string(), source })?;
-        outputs.files.insert(rel.to_owned(), OutputRecord { sha256: Sha256::of(&bytes), size: bytes.len() as u64, executable: false });
+        fs::write(&p, &bytes).map_err(|source| OciError::Io {
+            op: "writing",
+            path: p.display().to_string(),
+            source,
+        })?;
+        outputs.files.insert(
+            rel.to_owned(),
+            OutputRecord { sha256: Sha256::of(&bytes), size: bytes.len() as u64, executable: false },
+        );
     }
     outputs.info.insert("reference".into(), parsed.name());
     outputs.info.insert("digest".into(), digest.oci());
@@ -579,7 +641,9 @@ fn media_kind(content_type: &str, body: &[u8]) -> MediaKind {
         manifests: Option<serde_json::Value>,
     }
     match serde_json::from_slice::<Probe>(body) {
-        Ok(p) if p.manifests.is_some() || p.media_type.as_deref().is_some_and(|m| INDEX_TYPES.contains(&m)) => MediaKind::Index,
+        Ok(p) if p.manifests.is_some() || p.media_type.as_deref().is_some_and(|m| INDEX_TYPES.contains(&m)) => {
+            MediaKind::Index
+        }
         _ => MediaKind::Manifest,
     }
 }
@@ -642,7 +706,10 @@ mod tests {
     #[test]
     fn references_normalise_like_docker() {
         let r = Reference::parse("nginx").unwrap();
-        assert_eq!((r.registry.as_str(), r.repository.as_str(), r.tag.as_deref()), ("docker.io", "library/nginx", None));
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str(), r.tag.as_deref()),
+            ("docker.io", "library/nginx", None)
+        );
         assert_eq!(r.base_url(), "https://registry-1.docker.io/");
         let r = Reference::parse("registry.k8s.io/pause:3.9").unwrap();
         assert_eq!(r.name(), "registry.k8s.io/pause:3.9");
@@ -660,7 +727,10 @@ mod tests {
 
     #[test]
     fn challenges() {
-        let c = parse_challenge(r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull""#).unwrap();
+        let c = parse_challenge(
+            r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull""#,
+        )
+        .unwrap();
         assert_eq!(c["realm"], "https://auth.example/token");
         assert_eq!(c["scope"], "repository:a/b:pull");
         assert!(parse_challenge("Basic realm=x").is_none());
@@ -680,7 +750,8 @@ mod tests {
         write_archive(dir.path(), 0, &mut b).unwrap();
         assert_eq!(a, b);
         let mut t = tar::Archive::new(&a[..]);
-        let names: Vec<String> = t.entries().unwrap().map(|e| e.unwrap().path().unwrap().display().to_string()).collect();
+        let names: Vec<String> =
+            t.entries().unwrap().map(|e| e.unwrap().path().unwrap().display().to_string()).collect();
         assert_eq!(names, ["blobs/", "blobs/sha256/", "blobs/sha256/ab", "index.json", "oci-layout"]);
     }
 }

@@ -91,7 +91,9 @@ impl RecipeError {
     fn with_path(self, p: &Path) -> Self {
         match self {
             RecipeError::Parse { source, .. } => RecipeError::Parse { path: Some(p.to_owned()), source },
-            RecipeError::Invalid { line, message, .. } => RecipeError::Invalid { path: Some(p.to_owned()), line, message },
+            RecipeError::Invalid { line, message, .. } => {
+                RecipeError::Invalid { path: Some(p.to_owned()), line, message }
+            }
             other => other,
         }
     }
@@ -500,15 +502,18 @@ pub fn parse_recipe(text: &str) -> Result<Recipe, RecipeError> {
         line: line_of(text, span.start),
         message,
     };
-    crate::store::check_name(recipe.name.get_ref())
-        .map_err(|e| invalid(recipe.name.span(), e.to_string()))?;
+    crate::store::check_name(recipe.name.get_ref()).map_err(|e| invalid(recipe.name.span(), e.to_string()))?;
     if recipe.base.urls.is_empty() {
         return Err(invalid(recipe.base.name.span(), "the base needs at least one URL".into()));
     }
     let mut ids = BTreeSet::new();
     for input in inputs_of(&recipe, text, &Lock::default()) {
         if !ids.insert(input.id.clone()) {
-            return Err(RecipeError::Invalid { path: None, line: input.line, message: format!("`{}` is declared twice", input.id) });
+            return Err(RecipeError::Invalid {
+                path: None,
+                line: input.line,
+                message: format!("`{}` is declared twice", input.id),
+            });
         }
         crate::store::check_name(&input.name).map_err(|e| RecipeError::Invalid {
             path: None,
@@ -516,7 +521,11 @@ pub fn parse_recipe(text: &str) -> Result<Recipe, RecipeError> {
             message: e.to_string(),
         })?;
         if input.kind != InputKind::Image && input.kind != InputKind::File && input.urls.is_empty() {
-            return Err(RecipeError::Invalid { path: None, line: input.line, message: format!("`{}` has no URL", input.id) });
+            return Err(RecipeError::Invalid {
+                path: None,
+                line: input.line,
+                message: format!("`{}` has no URL", input.id),
+            });
         }
     }
     for f in &recipe.files {
@@ -535,8 +544,7 @@ pub fn parse_recipe(text: &str) -> Result<Recipe, RecipeError> {
         }
     }
     for i in &recipe.images {
-        crate::oci::Reference::parse(i.reference.get_ref())
-            .map_err(|e| invalid(i.reference.span(), e.to_string()))?;
+        crate::oci::Reference::parse(i.reference.get_ref()).map_err(|e| invalid(i.reference.span(), e.to_string()))?;
         if i.platform.split('/').count() != 2 {
             return Err(invalid(i.reference.span(), format!("platform `{}` is not `os/arch`", i.platform)));
         }
@@ -558,18 +566,44 @@ pub fn parse_lock(text: &str) -> Result<Lock, RecipeError> {
 /// failing that, the lock.
 pub fn inputs_of(recipe: &Recipe, text: &str, lock: &Lock) -> Vec<Input> {
     let urls = |u: &[FetchUrl]| u.iter().map(|x| x.0.clone()).collect::<Vec<_>>();
-    let input = |kind: InputKind, key: &str, name: String, urls: Vec<String>, pin: Option<Sha256>, span: std::ops::Range<usize>| {
+    let input = |kind: InputKind,
+                 key: &str,
+                 name: String,
+                 urls: Vec<String>,
+                 pin: Option<Sha256>,
+                 span: std::ops::Range<usize>| {
         let id = format!("{kind}/{key}");
         let pin = pin.or_else(|| lock.pins.get(&id).copied());
         Input { kind, id, name, urls, reference: None, platform: None, pin, line: line_of(text, span.start) }
     };
     let b = &recipe.base;
-    let mut out = vec![input(InputKind::Base, b.name.get_ref(), b.name.get_ref().clone(), urls(&b.urls), b.sha256, b.name.span())];
+    let mut out = vec![input(
+        InputKind::Base,
+        b.name.get_ref(),
+        b.name.get_ref().clone(),
+        urls(&b.urls),
+        b.sha256,
+        b.name.span(),
+    )];
     for d in &recipe.debs {
-        out.push(input(InputKind::Deb, d.name.get_ref(), d.name.get_ref().clone(), urls(&d.urls), d.sha256, d.name.span()));
+        out.push(input(
+            InputKind::Deb,
+            d.name.get_ref(),
+            d.name.get_ref().clone(),
+            urls(&d.urls),
+            d.sha256,
+            d.name.span(),
+        ));
     }
     for a in &recipe.archives {
-        out.push(input(InputKind::Archive, a.name.get_ref(), a.name.get_ref().clone(), urls(&a.urls), a.sha256, a.name.span()));
+        out.push(input(
+            InputKind::Archive,
+            a.name.get_ref(),
+            a.name.get_ref().clone(),
+            urls(&a.urls),
+            a.sha256,
+            a.name.span(),
+        ));
     }
     for f in recipe.files.iter().filter(|f| !f.urls.is_empty()) {
         // The id carries the whole path, so two files with one basename differ.
@@ -657,7 +691,10 @@ digest = "sha256:111111111111111111111111111111111111111111111111111111111111111
     fn parses_and_lists_inputs() {
         let r = parse_recipe(GOOD).unwrap();
         assert_eq!(r.output.virtual_size, ByteSize(4 << 30));
-        let lock = parse_lock("[pins]\n\"debs/hello\" = \"2222222222222222222222222222222222222222222222222222222222222222\"\n").unwrap();
+        let lock = parse_lock(
+            "[pins]\n\"debs/hello\" = \"2222222222222222222222222222222222222222222222222222222222222222\"\n",
+        )
+        .unwrap();
         let inputs = inputs_of(&r, GOOD, &lock);
         let ids: Vec<_> = inputs.iter().map(|i| (i.id.as_str(), i.pin.is_some(), i.line)).collect();
         assert_eq!(

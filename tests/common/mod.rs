@@ -56,10 +56,8 @@ impl Env {
     /// Store entries (names), sorted.
     pub fn entries(&self) -> Vec<String> {
         let Ok(rd) = std::fs::read_dir(&self.store) else { return Vec::new() };
-        let mut v: Vec<String> = rd
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| !n.starts_with('.'))
-            .collect();
+        let mut v: Vec<String> =
+            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| !n.starts_with('.')).collect();
         v.sort();
         v
     }
@@ -156,9 +154,8 @@ pub fn write_recipe(path: &Path, base: &Item, items: &[Item]) {
 /// Whether an external tool is on PATH. A missing tool skips the test loudly on a
 /// developer's machine and fails it under CI (`CI=true`), where it must exist.
 pub fn require_tool(tool: &str) -> bool {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-        .unwrap_or(false);
+    let found =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file())).unwrap_or(false);
     if !found {
         assert!(std::env::var("CI").is_err(), "`{tool}` is required under CI but is not installed");
         eprintln!("SKIPPED: `{tool}` is not installed (README's test command installs it)");

@@ -168,11 +168,17 @@ impl FetchError {
         match self {
             FetchError::Stalled { .. } | FetchError::Truncated { .. } => true,
             FetchError::Status { status, .. } => {
-                status.is_server_error() || *status == StatusCode::REQUEST_TIMEOUT || *status == StatusCode::TOO_MANY_REQUESTS
+                status.is_server_error()
+                    || *status == StatusCode::REQUEST_TIMEOUT
+                    || *status == StatusCode::TOO_MANY_REQUESTS
             }
             FetchError::Http { source, .. } => {
                 // Without content decoding, a "decode" error is a body cut short.
-                source.is_connect() || source.is_timeout() || source.is_body() || source.is_decode() || source.is_request()
+                source.is_connect()
+                    || source.is_timeout()
+                    || source.is_body()
+                    || source.is_decode()
+                    || source.is_request()
             }
             _ => false,
         }
@@ -291,9 +297,7 @@ impl Fetcher {
         fs::rename(&partial, &dest).map_err(io_err("moving download into place", &dest))?;
         let mut outputs = Outputs::default();
         outputs.files.insert(req.name.clone(), OutputRecord { sha256: req.sha256, size, executable: false });
-        let path = tokio::task::spawn_blocking(move || pending.commit(outputs))
-            .await
-            .expect("commit task panicked")?;
+        let path = tokio::task::spawn_blocking(move || pending.commit(outputs)).await.expect("commit task panicked")?;
         Ok(Fetched { path, downloaded: true })
     }
 
@@ -302,7 +306,8 @@ impl Fetcher {
         let (store, key, name) = (store.clone(), key.clone(), name.to_owned());
         let reporter = self.reporter.clone();
         tokio::task::spawn_blocking(move || {
-            store.claim(&key, &name, || reporter.note(&format!("waiting for another hearth process to finish `{name}`")))
+            store
+                .claim(&key, &name, || reporter.note(&format!("waiting for another hearth process to finish `{name}`")))
         })
         .await
         .expect("lock task panicked")
@@ -354,14 +359,22 @@ impl Fetcher {
         Err(FetchError::AllFailed { label: dl.label.clone(), sha256: dl.sha256, failures })
     }
 
-    async fn try_once(&self, url: &str, dl: &Download, partial: &Path, id: u64, started: &mut bool) -> Result<u64, FetchError> {
+    async fn try_once(
+        &self,
+        url: &str,
+        dl: &Download,
+        partial: &Path,
+        id: u64,
+        started: &mut bool,
+    ) -> Result<u64, FetchError> {
         let parsed = url::Url::parse(url).map_err(|_| FetchError::Scheme(url.to_owned()))?;
         match parsed.scheme() {
             "file" => return self.copy_local(&parsed, url, dl, partial, id, started).await,
             "http" | "https" => {}
             _ => return Err(FetchError::Scheme(url.to_owned())),
         }
-        let client = self.client.as_ref().ok_or_else(|| FetchError::Offline { label: dl.label.clone(), sha256: dl.sha256 })?;
+        let client =
+            self.client.as_ref().ok_or_else(|| FetchError::Offline { label: dl.label.clone(), sha256: dl.sha256 })?;
 
         let existing = fs::metadata(partial).map(|m| m.len()).unwrap_or(0);
         let mut req = client.get(parsed);
@@ -479,9 +492,8 @@ impl Fetcher {
             *started = true;
         }
         let dest = partial.to_owned();
-        let (actual, size) = tokio::task::spawn_blocking(move || store::copy_hashing(&src, &dest))
-            .await
-            .expect("copy task panicked")?;
+        let (actual, size) =
+            tokio::task::spawn_blocking(move || store::copy_hashing(&src, &dest)).await.expect("copy task panicked")?;
         self.reporter.fetch_progress(id, size);
         if actual != dl.sha256 {
             return Err(FetchError::DigestMismatch { url: url.to_owned(), expected: dl.sha256, actual });

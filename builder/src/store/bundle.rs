@@ -16,7 +16,7 @@ use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Component, Path, PathBuf};
 
-use super::{check_identity, io_err, remove_tree, Manifest, Store, StoreError, StorePath, MANIFEST_FILE, TMP_DIR};
+use super::{MANIFEST_FILE, Manifest, Store, StoreError, StorePath, TMP_DIR, check_identity, io_err, remove_tree};
 use crate::digest::{Hasher, Sha256};
 
 const MARKER: &str = "hearth-bundle";
@@ -93,8 +93,8 @@ pub(super) fn export(store: &Store, paths: &[StorePath], out: impl Write) -> Res
             let f = File::open(&src).map_err(io_err("reading", &src))?;
             let size = f.metadata().map_err(io_err("reading", &src))?.len();
             let mode = if exec { 0o555 } else { 0o444 };
-            let mut h = header(&format!("{p}/{rel}"), size, mode, tar::EntryType::Regular)
-                .map_err(tar_err("writing"))?;
+            let mut h =
+                header(&format!("{p}/{rel}"), size, mode, tar::EntryType::Regular).map_err(tar_err("writing"))?;
             // Long names go through GNU long-name records, which `append_data` writes.
             tar.append_data(&mut h, format!("{p}/{rel}"), f).map_err(tar_err("writing"))?;
         }

@@ -135,8 +135,7 @@ impl StorePath {
             .file_name()
             .and_then(|s| s.to_str())
             .ok_or_else(|| StoreError::BadEntryName(text.to_owned()))?;
-        let (hash, name) =
-            base.split_once('-').ok_or_else(|| StoreError::BadEntryName(text.to_owned()))?;
+        let (hash, name) = base.split_once('-').ok_or_else(|| StoreError::BadEntryName(text.to_owned()))?;
         let hash_ok = hash.len() == 32 && hash.bytes().all(|b| b"0123456789abcdfghijklmnpqrsvwxyz".contains(&b));
         if !hash_ok || check_name(name).is_err() {
             return Err(StoreError::BadEntryName(text.to_owned()));
@@ -170,10 +169,8 @@ pub fn check_name(name: &str) -> Result<()> {
 
 /// Turns arbitrary text (a URL's last segment, an image reference) into a valid name.
 pub fn sanitize_name(text: &str) -> String {
-    let mut out: String = text
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "+-._?=".contains(c) { c } else { '_' })
-        .collect();
+    let mut out: String =
+        text.chars().map(|c| if c.is_ascii_alphanumeric() || "+-._?=".contains(c) { c } else { '_' }).collect();
     while out.starts_with('.') {
         out.remove(0);
     }
@@ -341,16 +338,21 @@ impl Store {
     /// Adds a local file as the fixed-output entry for `expected`, hashing while
     /// copying; a mismatch leaves the store unchanged.
     pub fn add_file(&self, file: &Path, expected: Sha256, name: &str) -> Result<(StorePath, bool)> {
-        self.ensure(&EntryKey::Fixed(expected), name, || {}, |dir| {
-            let dest = dir.join(name);
-            let (actual, size) = copy_hashing(file, &dest)?;
-            if actual != expected {
-                return Err(StoreError::HashMismatch { path: file.to_owned(), expected, actual });
-            }
-            let mut out = Outputs::default();
-            out.files.insert(name.to_owned(), OutputRecord { sha256: actual, size, executable: false });
-            Ok(out)
-        })
+        self.ensure(
+            &EntryKey::Fixed(expected),
+            name,
+            || {},
+            |dir| {
+                let dest = dir.join(name);
+                let (actual, size) = copy_hashing(file, &dest)?;
+                if actual != expected {
+                    return Err(StoreError::HashMismatch { path: file.to_owned(), expected, actual });
+                }
+                let mut out = Outputs::default();
+                out.files.insert(name.to_owned(), OutputRecord { sha256: actual, size, executable: false });
+                Ok(out)
+            },
+        )
     }
 
     /// Every entry, sorted.
@@ -387,8 +389,7 @@ impl Store {
                 StoreError::Io { op: "reading manifest", path: file.clone(), source: e }
             }
         })?;
-        serde_json::from_slice(&bytes)
-            .map_err(|source| StoreError::BadManifest { entry: path.to_string(), source })
+        serde_json::from_slice(&bytes).map_err(|source| StoreError::BadManifest { entry: path.to_string(), source })
     }
 
     /// Whether an entry with this exact name exists.
@@ -565,12 +566,8 @@ impl Store {
     /// Removes every entry not in the closure of a root (and stale partial
     /// downloads). With `dry_run`, only reports. Returns what was (or would be) removed.
     pub fn gc(&self, dry_run: bool) -> Result<Vec<StorePath>> {
-        let rooted: Vec<StorePath> = self
-            .roots()?
-            .into_values()
-            .flatten()
-            .filter(|p| self.entry_dir(p).exists())
-            .collect();
+        let rooted: Vec<StorePath> =
+            self.roots()?.into_values().flatten().filter(|p| self.entry_dir(p).exists()).collect();
         let live = self.closure(&rooted)?;
         let mut removed = Vec::new();
         for p in self.list()? {
@@ -768,15 +765,20 @@ mod tests {
 
     fn put(store: &Store, key: &EntryKey, name: &str, body: &[u8]) -> (StorePath, bool) {
         store
-            .ensure::<StoreError>(key, name, || {}, |dir| {
-                fs::write(dir.join(name), body).unwrap();
-                let mut o = Outputs::default();
-                o.files.insert(
-                    name.to_owned(),
-                    OutputRecord { sha256: Sha256::of(body), size: body.len() as u64, executable: false },
-                );
-                Ok(o)
-            })
+            .ensure::<StoreError>(
+                key,
+                name,
+                || {},
+                |dir| {
+                    fs::write(dir.join(name), body).unwrap();
+                    let mut o = Outputs::default();
+                    o.files.insert(
+                        name.to_owned(),
+                        OutputRecord { sha256: Sha256::of(body), size: body.len() as u64, executable: false },
+                    );
+                    Ok(o)
+                },
+            )
             .unwrap()
     }
 
@@ -791,7 +793,7 @@ mod tests {
         assert!(!created);
         assert_eq!(a, b);
         assert_eq!(store.list().unwrap(), vec![a.clone()]);
-        assert!(store.verify(&[a.clone()]).unwrap().is_empty());
+        assert!(store.verify(std::slice::from_ref(&a)).unwrap().is_empty());
         let meta = fs::metadata(store.entry_dir(&a).join("a.txt")).unwrap();
         assert_eq!(meta.permissions().mode() & 0o777, 0o444);
     }
@@ -801,10 +803,15 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let store = Store::open(tmp.path()).unwrap();
         let key = EntryKey::Derived(Sha256::of(b"x"));
-        let r = store.ensure::<StoreError>(&key, "x", || {}, |dir| {
-            fs::write(dir.join("half"), b"half").unwrap();
-            Err(StoreError::Missing("boom".into()))
-        });
+        let r = store.ensure::<StoreError>(
+            &key,
+            "x",
+            || {},
+            |dir| {
+                fs::write(dir.join("half"), b"half").unwrap();
+                Err(StoreError::Missing("boom".into()))
+            },
+        );
         assert!(r.is_err());
         assert!(store.list().unwrap().is_empty());
         assert_eq!(fs::read_dir(tmp.path().join(TMP_DIR)).unwrap().count(), 0);
@@ -824,7 +831,7 @@ mod tests {
         assert_eq!(problems[0].entry, a.to_string());
         assert!(problems[0].what.contains("`a` is corrupt"), "{}", problems[0].what);
 
-        store.add_root("keep-b", &[b.clone()]).unwrap();
+        store.add_root("keep-b", std::slice::from_ref(&b)).unwrap();
         assert_eq!(store.gc(true).unwrap(), vec![a.clone()]);
         assert_eq!(store.list().unwrap().len(), 2);
         assert_eq!(store.gc(false).unwrap(), vec![a]);

@@ -105,11 +105,7 @@ pub struct Server {
 impl Server {
     /// Binds 127.0.0.1 on a free port and serves on a private runtime.
     pub fn start() -> Server {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
         let listener = rt.block_on(TcpListener::bind("127.0.0.1:0")).expect("bind loopback");
         let addr = listener.local_addr().expect("addr");
         let state = Arc::new(Mutex::new(State::default()));
@@ -138,7 +134,14 @@ impl Server {
     pub fn serve_with(&self, path: &str, bytes: Vec<u8>, behavior: Behavior, opts: RouteOpts) {
         self.state.lock().unwrap().routes.insert(
             path.to_owned(),
-            Route { content: Content::Memory(Arc::new(bytes)), behavior, opts, requests: 0, bytes_sent: 0, headers: Vec::new() },
+            Route {
+                content: Content::Memory(Arc::new(bytes)),
+                behavior,
+                opts,
+                requests: 0,
+                bytes_sent: 0,
+                headers: Vec::new(),
+            },
         );
     }
 
@@ -193,9 +196,9 @@ async fn handle(mut sock: TcpStream, state: Arc<Mutex<State>>) -> std::io::Resul
     let request_line = lines.next().unwrap_or_default();
     let target = request_line.split(' ').nth(1).unwrap_or("/");
     let path = target.split('?').next().unwrap_or("/").to_owned();
-    let authorization = lines
-        .clone()
-        .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("authorization")).map(|(_, v)| v.trim().to_owned()));
+    let authorization = lines.clone().find_map(|l| {
+        l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("authorization")).map(|(_, v)| v.trim().to_owned())
+    });
     let range_start: Option<u64> = lines
         .clone()
         .find_map(|l| l.to_ascii_lowercase().strip_prefix("range: bytes=").map(str::to_owned))
