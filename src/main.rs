@@ -30,6 +30,7 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
 pub type CmdResult = Result<(), Failure>;
 
 fn main() -> ExitCode {
+    tune_allocator();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -43,6 +44,19 @@ fn main() -> ExitCode {
             }
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Downloads hand out a fresh buffer of a few hundred KiB per network read. With
+/// glibc's defaults such blocks are mmap'ed and unmapped one by one, and every
+/// page of every chunk is faulted in anew (about a tenth of a download's CPU time).
+/// Keeping them on the heap lets freed buffers be reused.
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator thresholds; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 128 << 20);
     }
 }
 

@@ -32,7 +32,7 @@ use crate::store::{self, Claim, EntryKey, OutputRecord, Outputs, Store, StoreErr
 use mirrors::Mirrors;
 
 /// Channel depth between the network task and the writer/hasher threads.
-const PIPE_DEPTH: usize = 64;
+const PIPE_DEPTH: usize = 32;
 /// Longest back-off between tries.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Installs what hearth needs on Debian 12 or Ubuntu 24.04: the Debian/Ubuntu
+# packages it calls, and a Rust toolchain new enough to build it (>= 1.89).
+#   bash tests/setup-host.sh           # to build and run hearth
+#   bash tests/setup-host.sh --tests   # also what the test suites use
+# Idempotent: installs only what is missing. Uses sudo when not root.
+set -euo pipefail
+
+want_tests=0
+[ "${1:-}" = "--tests" ] && want_tests=1
+
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+
+packages=(
+  build-essential pkg-config ca-certificates curl openssl
+  qemu-utils      # qemu-img: qcow2 checks and conversions
+  e2fsprogs       # e2fsck -fn judges the ext4 writer
+  gdisk           # sgdisk -v judges the GPT writer
+)
+if [ "$want_tests" = 1 ]; then
+  packages+=(
+    docker-registry  # a real OCI registry on loopback
+    skopeo           # pushes fixture images into it, reads OCI archives
+    nix-bin          # nix-instantiate --parse checks flake.nix
+  )
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  $sudo apt-get update -q
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+  # The tests start their own registry on a loopback port; the packaged service
+  # (listening on every interface) is not wanted.
+  if printf '%s\n' "${missing[@]}" | grep -qx docker-registry && command -v systemctl >/dev/null \
+     && systemctl is-system-running >/dev/null 2>&1; then
+    $sudo systemctl disable --now docker-registry >/dev/null 2>&1 || true
+  fi
+fi
+
+# Rust: the project uses edition 2024 and std's file locks (Rust 1.89).
+rust_ok() {
+  command -v cargo >/dev/null || return 1
+  local v
+  v=$(rustc --version | awk '{print $2}')
+  [ "$(printf '%s\n1.89.0\n' "$v" | sort -V | head -n1)" = "1.89.0" ]
+}
+[ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+if ! rust_ok; then
+  if command -v rustup >/dev/null; then
+    rustup toolchain install stable --profile minimal && rustup default stable
+  else
+    echo "setup: installing Rust with rustup (the distribution's rustc is too old)"
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
+    . "$HOME/.cargo/env"
+  fi
+fi
+rust_ok || { echo "setup: Rust >= 1.89 is required, found $(rustc --version 2>/dev/null || echo none)" >&2; exit 1; }
+echo "setup: ready ($(rustc --version))"
