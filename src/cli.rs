@@ -50,7 +50,11 @@ pub enum Command {
     /// Mirrors (`[mirrors]` or HEARTH_MIRRORS="PREFIX=MIRROR[,MIRROR]") replace URL prefixes.
     Fetch(RecipeArg),
     /// Resolve a recipe's unpinned inputs and write its lock file (needs the network)
-    Lock(RecipeArg),
+    ///
+    /// Each unpinned download is fetched once, hashed while it streams and kept in the
+    /// store; each unpinned image tag is resolved to the digest its registry serves. The
+    /// pins go to the lock beside the recipe (`x.toml` -> `x.lock`), sorted.
+    Lock(LockArgs),
     /// Create network, disks, seeds and VMs; wait until the cluster is Ready
     Launch(ApplianceArg),
     /// Show VMs, IPs, first-boot stages, Kubernetes nodes and platform health
@@ -75,6 +79,16 @@ pub struct RecipeArg {
     /// Recipe file
     #[arg(default_value = DEFAULT_RECIPE)]
     pub recipe: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct LockArgs {
+    /// Recipe file
+    #[arg(default_value = DEFAULT_RECIPE)]
+    pub recipe: PathBuf,
+    /// Re-resolve the pins the lock already has, too
+    #[arg(long)]
+    pub update: bool,
 }
 
 #[derive(Debug, Args)]

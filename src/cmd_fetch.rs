@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use hearth_builder::{config, fetch::Fetcher, fill, recipe};
+use hearth_builder::{config, fetch::Fetcher, fill, lock, recipe};
 
 use crate::cli::Global;
 use crate::progress::Progress;
@@ -51,4 +51,23 @@ pub fn fetch(g: &Global, recipe_path: &Path) -> CmdResult {
             })
         }
     }
+}
+
+pub fn lock(g: &Global, recipe_path: &Path, update: bool) -> CmdResult {
+    let loaded = recipe::load_recipe(recipe_path)?;
+    let store = crate::open_store(g)?;
+    let progress = Arc::new(Progress::new(g.quiet));
+    let fetcher = Fetcher::new(fetch_options(g)?, progress.clone())?;
+    let result = runtime()?.block_on(lock::lock(&fetcher, &store, &loaded, update));
+    progress.finish();
+    let report = result.with_context(|| format!("locking `{}`", recipe_path.display()))?;
+    for (id, pin) in &report.resolved {
+        println!("pinned  {id} = {}", pin.oci());
+    }
+    if report.changed {
+        println!("wrote `{}`: {} resolved, {} kept", loaded.lock_path.display(), report.resolved.len(), report.kept);
+    } else {
+        println!("`{}` is up to date ({} pins)", loaded.lock_path.display(), report.kept);
+    }
+    Ok(())
 }

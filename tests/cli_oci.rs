@@ -313,3 +313,58 @@ fn pull_from_a_real_registry_and_catch_a_tampered_blob() {
     r.stderr_has(&format!("expected sha256: {hex}"));
     assert!(!fresh.entries().iter().any(|e| e.contains("test_img")), "{:?}", fresh.entries());
 }
+
+#[test]
+fn lock_pins_unpinned_downloads_and_tags_then_fetch_uses_them() {
+    let env = Env::new();
+    let srv = Server::start();
+    let fx = fixture();
+    for (digest, (bytes, media)) in &fx.blobs {
+        let kind = if *media == INDEX_TYPE || *media == MANIFEST_TYPE { "manifests" } else { "blobs" };
+        let opts = RouteOpts { content_type: Some(media.to_string()), bearer: None };
+        srv.serve_with(&format!("/v2/test/img/{kind}/{digest}"), bytes.clone(), Behavior::Normal, opts);
+    }
+    let index = fx.blobs[&fx.index].0.clone();
+    let opts = RouteOpts { content_type: Some(INDEX_TYPE.into()), bearer: None };
+    srv.serve_with("/v2/test/img/manifests/1.0", index, Behavior::Normal, opts);
+    let deb = b"pretend this is a .deb".to_vec();
+    srv.serve("/hello.deb", deb.clone(), Behavior::Normal);
+    srv.serve("/base.img", b"base".to_vec(), Behavior::Normal);
+    let reference = format!("127.0.0.1:{}/test/img:1.0", srv.base().rsplit(':').next().unwrap());
+    let recipe = env.path("img.toml");
+    std::fs::write(
+        &recipe,
+        format!(
+            "name = \"t\"\n[output]\nvirtual_size = \"1GiB\"\nepoch = 0\n[base]\nname = \"base.img\"\nurls = [\"{}\"]\n\
+             sha256 = \"{}\"\nformat = \"raw\"\n[[debs]]\nname = \"hello\"\nurls = [\"{}\"]\n[[images]]\nreference = \"{reference}\"\n",
+            srv.url("/base.img"),
+            sha256_hex(b"base"),
+            srv.url("/hello.deb")
+        ),
+    )
+    .unwrap();
+    let recipe_arg = recipe.to_str().unwrap();
+    let r = env.run(&["fetch", recipe_arg]).fails();
+    r.stderr_has("2 input(s)");
+    r.stderr_has("not pinned");
+    r.stderr_has(&format!("hearth lock {recipe_arg}"));
+
+    env.run(&["--offline", "lock", recipe_arg]).fails().stderr_has("--offline forbids it");
+    let r = env.run(&["lock", recipe_arg]).ok();
+    r.stdout_has(&format!("pinned  debs/hello = sha256:{}", sha256_hex(&deb)));
+    r.stdout_has(&format!("pinned  images/{reference} = {}", fx.index));
+    let lock = std::fs::read_to_string(env.path("img.lock")).unwrap();
+    assert!(lock.contains(&format!("\"debs/hello\" = \"{}\"", sha256_hex(&deb))), "{lock}");
+    assert!(
+        lock.contains(&format!("\"images/{reference}\" = \"{}\"", fx.index.trim_start_matches("sha256:"))),
+        "{lock}"
+    );
+
+    // The lock's download was kept: fetch fetches the image only.
+    env.run(&["fetch", recipe_arg]).ok();
+    assert_eq!(srv.requests("/hello.deb"), 1);
+    let r = env.run(&["lock", recipe_arg]).ok();
+    r.stdout_has("is up to date (2 pins)");
+    assert_eq!(srv.requests("/v2/test/img/manifests/1.0"), 1);
+    assert_eq!(std::fs::read_to_string(env.path("img.lock")).unwrap(), lock);
+}

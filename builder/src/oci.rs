@@ -385,6 +385,25 @@ pub async fn pull(
     Err(OciError::AllFailed { reference: reference.to_owned(), failures })
 }
 
+/// Resolves a reference's tag to the digest of what the registry serves for it
+/// (the index or manifest bytes), for `hearth lock`.
+pub async fn resolve(fetcher: &Fetcher, reference: &str) -> Result<Sha256, OciError> {
+    let parsed = Reference::parse(reference)?;
+    let tag = parsed.tag.clone().unwrap_or_else(|| "latest".to_owned());
+    let Some(client) = fetcher.client() else {
+        return Err(OciError::Offline { reference: reference.to_owned(), digest: format!("tag {tag}") });
+    };
+    let mut failures = Vec::new();
+    for base in fetcher.options().mirrors.expand(&parsed.base_url()) {
+        let mut session = Session { client, base, repository: parsed.repository.clone(), token: None };
+        match session.manifest(&tag).await {
+            Ok((bytes, _, _)) => return Ok(Sha256::of(&bytes)),
+            Err(e) => failures.push(store::error_chain(&e)),
+        }
+    }
+    Err(OciError::AllFailed { reference: reference.to_owned(), failures })
+}
+
 fn clear_dir(dir: &Path) -> Result<(), OciError> {
     for item in
         fs::read_dir(dir).map_err(|source| OciError::Io { op: "reading", path: dir.display().to_string(), source })?
@@ -407,9 +426,9 @@ impl Session<'_> {
         format!("{}v2/{}/{kind}/{}", self.base, self.repository, digest.oci())
     }
 
-    /// GETs a manifest by digest, answering one bearer challenge if asked.
-    async fn manifest(&mut self, digest: &Sha256) -> Result<(Vec<u8>, String, String), OciError> {
-        let url = self.url("manifests", digest);
+    /// GETs a manifest by digest or tag, answering one bearer challenge if asked.
+    async fn manifest(&mut self, reference: &str) -> Result<(Vec<u8>, String, String), OciError> {
+        let url = format!("{}v2/{}/manifests/{reference}", self.base, self.repository);
         for _ in 0..2 {
             let mut req = self.client.get(&url).header(ACCEPT, [INDEX_TYPES, MANIFEST_TYPES].concat().join(", "));
             if let Some(t) = &self.token {
@@ -506,7 +525,7 @@ async fn pull_into(
         Ok(())
     };
 
-    let (top, top_type, url) = session.manifest(&digest).await?;
+    let (top, top_type, url) = session.manifest(&digest.oci()).await?;
     let actual = Sha256::of(&top);
     if actual != digest {
         return Err(OciError::ManifestMismatch {
@@ -531,7 +550,7 @@ async fn pull_into(
             .find(|m| m.platform.as_ref().is_some_and(|p| p.os == os && p.architecture == arch))
             .ok_or_else(|| OciError::NoPlatform { reference: reference.into(), platform: platform.into() })?;
         let md = digest_of(chosen, reference)?;
-        let (bytes, _, murl) = session.manifest(&md).await?;
+        let (bytes, _, murl) = session.manifest(&md.oci()).await?;
         let got = Sha256::of(&bytes);
         if got != md {
             return Err(OciError::ManifestMismatch {

@@ -137,12 +137,12 @@ pub enum FetchError {
         source: io::Error,
     },
     /// Every candidate URL failed.
-    #[error("could not fetch `{label}` (sha256 {sha256}):\n  {}", failures.join("\n  "))]
+    #[error("could not fetch `{label}` ({pin}):\n  {}", failures.join("\n  "))]
     AllFailed {
         /// What was fetched.
         label: String,
-        /// Its pinned digest.
-        sha256: Sha256,
+        /// `sha256 <hex>`, or `unpinned`.
+        pin: String,
         /// One line per failed candidate.
         failures: Vec<String>,
     },
@@ -153,6 +153,12 @@ pub enum FetchError {
         label: String,
         /// Its pinned digest.
         sha256: Sha256,
+    },
+    /// A network request was attempted with --offline.
+    #[error("--offline forbids requesting `{url}`")]
+    NoNetwork {
+        /// The URL.
+        url: String,
     },
     /// The HTTP client could not be built.
     #[error("setting up the HTTP client")]
@@ -318,8 +324,25 @@ impl Fetcher {
     /// candidate URL, and returns the size once the digest matched. On a mismatch
     /// the partial file is removed.
     pub async fn download(&self, dl: &Download, partial: &Path) -> Result<u64, FetchError> {
+        let job = Job { label: &dl.label, urls: &dl.urls, expected: Some(dl.sha256), bearer: dl.bearer.as_deref() };
+        self.run_job(&job, partial).await.map(|(_, size)| size)
+    }
+
+    /// Downloads an input that has no pin yet (for `hearth lock`) into `dest`,
+    /// returning the digest and size of what arrived.
+    pub async fn download_unpinned(
+        &self,
+        label: &str,
+        urls: &[String],
+        dest: &Path,
+    ) -> Result<(Sha256, u64), FetchError> {
+        let _ = fs::remove_file(dest);
+        self.run_job(&Job { label, urls, expected: None, bearer: None }, dest).await
+    }
+
+    async fn run_job(&self, job: &Job<'_>, partial: &Path) -> Result<(Sha256, u64), FetchError> {
         let mut candidates: Vec<String> = Vec::new();
-        for url in dl.urls.iter().flat_map(|u| self.opts.mirrors.expand(u)) {
+        for url in job.urls.iter().flat_map(|u| self.opts.mirrors.expand(u)) {
             if !candidates.contains(&url) {
                 candidates.push(url);
             }
@@ -329,10 +352,10 @@ impl Fetcher {
         let mut started = false;
         for url in &candidates {
             for attempt in 1..=self.opts.attempts {
-                match self.try_once(url, dl, partial, id, &mut started).await {
-                    Ok(size) => {
+                match self.try_once(url, job, partial, id, &mut started).await {
+                    Ok(done) => {
                         self.reporter.fetch_done(id);
-                        return Ok(size);
+                        return Ok(done);
                     }
                     Err(e) => {
                         if matches!(e, FetchError::DigestMismatch { .. }) {
@@ -356,32 +379,32 @@ impl Fetcher {
             }
         }
         self.reporter.fetch_done(id);
-        Err(FetchError::AllFailed { label: dl.label.clone(), sha256: dl.sha256, failures })
+        let pin = job.expected.map_or_else(|| "unpinned".to_owned(), |d| format!("sha256 {d}"));
+        Err(FetchError::AllFailed { label: job.label.to_owned(), pin, failures })
     }
 
     async fn try_once(
         &self,
         url: &str,
-        dl: &Download,
+        dl: &Job<'_>,
         partial: &Path,
         id: u64,
         started: &mut bool,
-    ) -> Result<u64, FetchError> {
+    ) -> Result<(Sha256, u64), FetchError> {
         let parsed = url::Url::parse(url).map_err(|_| FetchError::Scheme(url.to_owned()))?;
         match parsed.scheme() {
             "file" => return self.copy_local(&parsed, url, dl, partial, id, started).await,
             "http" | "https" => {}
             _ => return Err(FetchError::Scheme(url.to_owned())),
         }
-        let client =
-            self.client.as_ref().ok_or_else(|| FetchError::Offline { label: dl.label.clone(), sha256: dl.sha256 })?;
+        let client = self.client.as_ref().ok_or_else(|| FetchError::NoNetwork { url: url.to_owned() })?;
 
         let existing = fs::metadata(partial).map(|m| m.len()).unwrap_or(0);
         let mut req = client.get(parsed);
         if existing > 0 {
             req = req.header(RANGE, format!("bytes={existing}-"));
         }
-        if let Some(token) = &dl.bearer {
+        if let Some(token) = dl.bearer {
             req = req.header(AUTHORIZATION, format!("Bearer {token}"));
         }
         let http_err = |source| FetchError::Http { url: url.to_owned(), source };
@@ -397,8 +420,8 @@ impl Fetcher {
                 // Either the partial file is already complete, or it is longer than
                 // the resource: check, and otherwise start over.
                 let (actual, size) = hash_file(partial).await?;
-                if actual == dl.sha256 {
-                    return Ok(size);
+                if dl.expected == Some(actual) {
+                    return Ok((actual, size));
                 }
                 let _ = fs::remove_file(partial);
                 return Err(FetchError::Truncated { url: url.to_owned(), got: 0, expected: size });
@@ -407,7 +430,7 @@ impl Fetcher {
         };
         let total = resp.content_length().map(|n| n + offset);
         if !*started {
-            self.reporter.fetch_start(id, &dl.label, total);
+            self.reporter.fetch_start(id, dl.label, total);
             if let Some(t) = total {
                 self.reporter.total_grow(t);
             }
@@ -469,25 +492,23 @@ impl Fetcher {
             return Err(FetchError::Truncated { url: url.to_owned(), got: received, expected });
         }
         let (actual, size) = hasher.finish();
-        if actual != dl.sha256 {
-            return Err(FetchError::DigestMismatch { url: url.to_owned(), expected: dl.sha256, actual });
-        }
-        Ok(size)
+        check_digest(url, dl.expected, actual)?;
+        Ok((actual, size))
     }
 
     async fn copy_local(
         &self,
         parsed: &url::Url,
         url: &str,
-        dl: &Download,
+        dl: &Job<'_>,
         partial: &Path,
         id: u64,
         started: &mut bool,
-    ) -> Result<u64, FetchError> {
+    ) -> Result<(Sha256, u64), FetchError> {
         let src = parsed.to_file_path().map_err(|_| FetchError::Scheme(url.to_owned()))?;
         let size = fs::metadata(&src).map_err(io_err("reading", &src))?.len();
         if !*started {
-            self.reporter.fetch_start(id, &dl.label, Some(size));
+            self.reporter.fetch_start(id, dl.label, Some(size));
             self.reporter.total_grow(size);
             *started = true;
         }
@@ -495,10 +516,8 @@ impl Fetcher {
         let (actual, size) =
             tokio::task::spawn_blocking(move || store::copy_hashing(&src, &dest)).await.expect("copy task panicked")?;
         self.reporter.fetch_progress(id, size);
-        if actual != dl.sha256 {
-            return Err(FetchError::DigestMismatch { url: url.to_owned(), expected: dl.sha256, actual });
-        }
-        Ok(size)
+        check_digest(url, dl.expected, actual)?;
+        Ok((actual, size))
     }
 
     fn stalled(&self, url: &str) -> FetchError {
@@ -507,6 +526,23 @@ impl Fetcher {
             limit: self.opts.low_speed_limit,
             secs: self.opts.low_speed_time.as_secs(),
         }
+    }
+}
+
+/// One download as the retry loop sees it.
+struct Job<'a> {
+    label: &'a str,
+    urls: &'a [String],
+    expected: Option<Sha256>,
+    bearer: Option<&'a str>,
+}
+
+fn check_digest(url: &str, expected: Option<Sha256>, actual: Sha256) -> Result<(), FetchError> {
+    match expected {
+        Some(expected) if expected != actual => {
+            Err(FetchError::DigestMismatch { url: url.to_owned(), expected, actual })
+        }
+        _ => Ok(()),
     }
 }
 

@@ -1,0 +1,139 @@
+//! `hearth lock`: pins what a recipe leaves unpinned. A download is hashed while
+//! it streams and kept as its store entry (so the next fetch is free); an image tag
+//! is resolved to the digest of the index or manifest the registry serves. The lock
+//! keeps only pins of inputs the recipe still has and does not pin itself.
+
+use std::path::Path;
+
+use futures_util::StreamExt;
+
+use crate::digest::Sha256;
+use crate::fetch::{FetchError, Fetcher};
+use crate::oci::{self, OciError};
+use crate::recipe::{self, Input, InputKind, LoadedRecipe, Lock};
+use crate::store::{self, Claim, EntryKey, OutputRecord, Outputs, Store, StoreError};
+
+/// Errors of locking.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// Locking needs the network.
+    #[error("`hearth lock` resolves inputs on the network, and --offline forbids it")]
+    Offline,
+    /// Inputs that could not be resolved; the lock was not changed.
+    #[error("{} input(s) could not be resolved; `{}` is unchanged:\n  {}", failures.len(), lock.display(), failures.join("\n  "))]
+    Failed {
+        /// The lock file.
+        lock: std::path::PathBuf,
+        /// One block per input.
+        failures: Vec<String>,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a lock run did.
+#[derive(Debug, Default)]
+pub struct LockReport {
+    /// Inputs resolved by this run, with their pins.
+    pub resolved: Vec<(String, Sha256)>,
+    /// Pins kept from the previous lock.
+    pub kept: usize,
+    /// Whether the lock file changed.
+    pub changed: bool,
+}
+
+/// Resolves the recipe's unpinned inputs (with `update`, also those the lock
+/// pins) and writes the lock file beside the recipe.
+pub async fn lock(
+    fetcher: &Fetcher,
+    store: &Store,
+    loaded: &LoadedRecipe,
+    update: bool,
+) -> Result<LockReport, LockError> {
+    if fetcher.client().is_none() {
+        return Err(LockError::Offline);
+    }
+    let old = if update { Lock::default() } else { loaded.lock.clone() };
+    let unpinned_by_recipe: Vec<Input> = recipe::inputs_of(&loaded.recipe, &loaded.text, &Lock::default())
+        .into_iter()
+        .filter(|i| i.pin.is_none())
+        .collect();
+    let mut new = Lock::default();
+    let mut todo = Vec::new();
+    for input in unpinned_by_recipe {
+        match old.pins.get(&input.id) {
+            Some(pin) => {
+                new.pins.insert(input.id.clone(), *pin);
+            }
+            None => todo.push(input),
+        }
+    }
+    let kept = new.pins.len();
+    let results: Vec<(Input, Result<Sha256, String>)> =
+        futures_util::stream::iter(todo.into_iter().map(|input| async move {
+            let r = resolve_one(fetcher, store, &input).await;
+            (input, r)
+        }))
+        .buffered(fetcher.options().jobs.max(1))
+        .collect()
+        .await;
+    let mut failures = Vec::new();
+    let mut resolved = Vec::new();
+    for (input, r) in results {
+        match r {
+            Ok(pin) => {
+                new.pins.insert(input.id.clone(), pin);
+                resolved.push((input.id, pin));
+            }
+            Err(e) => failures.push(format!("{} (line {}): {}", input.id, input.line, e.replace('\n', "\n    "))),
+        }
+    }
+    if !failures.is_empty() {
+        return Err(LockError::Failed { lock: loaded.lock_path.clone(), failures });
+    }
+    let changed = new != loaded.lock || !loaded.lock_path.exists();
+    if changed {
+        store::write_atomic(&loaded.lock_path, new.render().as_bytes())?;
+    }
+    Ok(LockReport { resolved, kept, changed })
+}
+
+async fn resolve_one(fetcher: &Fetcher, store: &Store, input: &Input) -> Result<Sha256, String> {
+    if input.kind == InputKind::Image {
+        let reference = input.reference.as_deref().unwrap_or_default();
+        return oci::resolve(fetcher, reference).await.map_err(|e: OciError| store::error_chain(&e));
+    }
+    let tmp = store.root().join(".tmp").join(format!("lock.{}.{}", std::process::id(), fetcher.task_id()));
+    let result = async {
+        let (sha, size) = fetcher.download_unpinned(&input.name, &input.urls, &tmp).await?;
+        keep_as_entry(fetcher, store, &tmp, &input.name, sha, size).await?;
+        Ok::<_, FetchError>(sha)
+    }
+    .await;
+    let _ = std::fs::remove_file(&tmp);
+    result.map_err(|e| store::error_chain(&e))
+}
+
+/// Moves a freshly hashed download into the store as its fixed-output entry.
+async fn keep_as_entry(
+    fetcher: &Fetcher,
+    store: &Store,
+    file: &Path,
+    name: &str,
+    sha: Sha256,
+    size: u64,
+) -> Result<(), FetchError> {
+    if let Claim::Vacant(pending) = fetcher.claim(store, &EntryKey::Fixed(sha), name).await? {
+        let dest = pending.dir().join(name);
+        std::fs::rename(file, &dest).map_err(|source| FetchError::Io {
+            op: "moving download into place",
+            path: dest,
+            source,
+        })?;
+        let mut outputs = Outputs::default();
+        outputs.files.insert(name.to_owned(), OutputRecord { sha256: sha, size, executable: false });
+        tokio::task::spawn_blocking(move || pending.commit(outputs)).await.expect("commit task panicked")?;
+    }
+    Ok(())
+}
