@@ -25,13 +25,19 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 pub fn fetch(g: &Global, recipe_path: &Path) -> CmdResult {
     let loaded = recipe::load_recipe(recipe_path)?;
-    let store = crate::open_store(g)?;
-    let progress = Arc::new(Progress::new(g.quiet));
-    let fetcher = Fetcher::new(fetch_options(g)?, progress.clone())?;
-    let result = runtime()?.block_on(fill::fill(&fetcher, &store, &loaded));
-    progress.finish();
+    let result = match fill::check_pinned(&loaded) {
+        Ok(()) => {
+            let store = crate::open_store(g)?;
+            let progress = Arc::new(Progress::new(g.quiet));
+            let fetcher = Fetcher::new(fetch_options(g)?, progress.clone())?;
+            let r = runtime()?.block_on(fill::fill(&fetcher, &store, &loaded)).map(|report| (report, store));
+            progress.finish();
+            r
+        }
+        Err(e) => Err(e),
+    };
     match result {
-        Ok(report) => {
+        Ok((report, store)) => {
             if g.verbose > 0 || report.downloaded() > 0 {
                 print!("{report}");
             }

@@ -290,3 +290,16 @@ fn bad_recipes_are_clear_errors_and_write_nothing() {
     let r = env.run(&["fetch", "does-not-exist.toml"]).fails();
     r.stderr_has("reading `does-not-exist.toml`");
 }
+
+#[test]
+fn the_default_recipe_loads_and_names_exactly_its_unpinned_inputs() {
+    let env = Env::new();
+    let mut cmd = env.cmd(&["--offline", "fetch"]);
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
+    let r = common::Run::from(cmd.output().unwrap()).fails();
+    // README lists these two as left to `hearth lock`; keep both in step.
+    r.stderr_has("2 input(s) of `images/ubuntu-24.04-k8s-1.29.toml` are not pinned");
+    r.stderr_has("debs/conntrack (line");
+    r.stderr_has("images/registry.k8s.io/kube-proxy:v1.29.15 (line");
+    assert!(!env.store.exists(), "nothing may be written");
+}

@@ -97,14 +97,21 @@ pub fn root_name(recipe: &LoadedRecipe) -> String {
     format!("inputs-{}", recipe.recipe.name.get_ref())
 }
 
+/// Fails naming every input that has no pin in the recipe or its lock.
+pub fn check_pinned(recipe: &LoadedRecipe) -> Result<(), FillError> {
+    let unpinned: Vec<String> =
+        recipe.inputs().iter().filter(|i| i.pin.is_none()).map(|i| format!("{} (line {})", i.id, i.line)).collect();
+    if unpinned.is_empty() {
+        Ok(())
+    } else {
+        Err(FillError::Unpinned { recipe: recipe.path.display().to_string(), unpinned })
+    }
+}
+
 /// Makes sure every input of `recipe` is in `store`.
 pub async fn fill(fetcher: &Fetcher, store: &Store, recipe: &LoadedRecipe) -> Result<FillReport, FillError> {
+    check_pinned(recipe)?;
     let inputs = recipe.inputs();
-    let unpinned: Vec<String> =
-        inputs.iter().filter(|i| i.pin.is_none()).map(|i| format!("{} (line {})", i.id, i.line)).collect();
-    if !unpinned.is_empty() {
-        return Err(FillError::Unpinned { recipe: recipe.path.display().to_string(), unpinned });
-    }
     let outcomes: Vec<Outcome> =
         futures_util::stream::iter(inputs.iter().cloned().map(|input| fill_one(fetcher, store, input)))
             .buffered(fetcher.options().jobs.max(1))
