@@ -25,11 +25,15 @@ pub fn run(g: &Global, cmd: StoreCommand) -> CmdResult {
         StoreCommand::Add { file, sha256, name } => add(&store, &file, &sha256, name),
         StoreCommand::Verify { entries, json } => verify(&store, &entries, json),
         StoreCommand::Gc { dry_run } => {
-            let removed = store.gc(dry_run)?;
-            for p in &removed {
-                println!("{} {p}", if dry_run { "would remove" } else { "removed" });
+            let report = store.gc(dry_run)?;
+            let verb = if dry_run { "would remove" } else { "removed" };
+            for p in &report.entries {
+                println!("{verb} {p}");
             }
-            if removed.is_empty() {
+            for p in &report.debris {
+                println!("{verb} {}", p.display());
+            }
+            if report.entries.is_empty() && report.debris.is_empty() {
                 println!("nothing to collect");
             }
             Ok(())

@@ -208,6 +208,23 @@ mod tests {
         assert_eq!((d, n), (Sha256::of(b"abc"), 3));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn hex_round_trips(bytes in proptest::array::uniform32(0u8..)) {
+            let d = Sha256(bytes);
+            proptest::prop_assert_eq!(d.hex().parse::<Sha256>().unwrap(), d);
+            proptest::prop_assert_eq!(Sha256::parse_oci(&d.oci()).unwrap(), d);
+        }
+
+        #[test]
+        fn nix_base32_is_injective_and_well_formed(a in proptest::array::uniform20(0u8..), b in proptest::array::uniform20(0u8..)) {
+            let (ea, eb) = (nix_base32(&a), nix_base32(&b));
+            proptest::prop_assert_eq!(ea.len(), 32);
+            proptest::prop_assert!(ea.bytes().all(|c| NIX_BASE32.contains(&c)));
+            proptest::prop_assert_eq!(ea == eb, a == b);
+        }
+    }
+
     #[test]
     fn nix_base32_matches_nix() {
         // `nix hash convert --to nix32 sha256:ba7816bf...` (the digest of "abc").

@@ -471,8 +471,21 @@ impl Lock {
     }
 }
 
+/// A TOML basic string holding `k` exactly (quotes, backslashes and control
+/// characters escaped).
 fn toml_key(k: &str) -> String {
-    format!("\"{}\"", k.replace('\\', "\\\\").replace('"', "\\\""))
+    let mut out = String::with_capacity(k.len() + 2);
+    out.push('"');
+    for c in k.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// A recipe with its lock, as loaded from disk.
@@ -740,6 +753,20 @@ digest = "sha256:111111111111111111111111111111111111111111111111111111111111111
         assert!(e.contains("line 22"), "{e}");
         let e = err(&GOOD.replace("epoch = 1700000000", "epoch = 1700000000\ncolour = 1"));
         assert!(e.contains("unknown field `colour`"), "{e}");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn locks_round_trip(pins in proptest::collection::btree_map(".{0,40}", proptest::array::uniform32(0u8..), 0..8)) {
+            let lock = Lock { pins: pins.into_iter().map(|(k, v)| (k, Sha256(v))).collect() };
+            proptest::prop_assert_eq!(parse_lock(&lock.render()).unwrap(), lock);
+        }
+
+        #[test]
+        fn sizes_round_trip(n in 0u64..1 << 40, unit in 0usize..4) {
+            let (suffix, mult) = [("", 1u64), ("KiB", 1 << 10), ("MiB", 1 << 20), ("GiB", 1 << 30)][unit];
+            proptest::prop_assert_eq!(ByteSize::parse(&format!("{n}{suffix}")), n.checked_mul(mult).map(ByteSize));
+        }
     }
 
     #[test]

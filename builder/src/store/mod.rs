@@ -286,6 +286,15 @@ pub struct EntryLock {
     _file: File,
 }
 
+/// What [`Store::gc`] removed (or would remove).
+#[derive(Debug, Default)]
+pub struct GcReport {
+    /// Entries no root keeps.
+    pub entries: Vec<StorePath>,
+    /// Partial downloads and temporary directories nobody owns.
+    pub debris: Vec<PathBuf>,
+}
+
 /// A problem found by [`Store::verify`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -563,13 +572,14 @@ impl Store {
         Ok(out)
     }
 
-    /// Removes every entry not in the closure of a root (and stale partial
-    /// downloads). With `dry_run`, only reports. Returns what was (or would be) removed.
-    pub fn gc(&self, dry_run: bool) -> Result<Vec<StorePath>> {
+    /// Removes every entry not in the closure of a root, and debris no running
+    /// process owns (interrupted downloads, temporary directories of crashed
+    /// builds). With `dry_run`, only reports.
+    pub fn gc(&self, dry_run: bool) -> Result<GcReport> {
         let rooted: Vec<StorePath> =
             self.roots()?.into_values().flatten().filter(|p| self.entry_dir(p).exists()).collect();
         let live = self.closure(&rooted)?;
-        let mut removed = Vec::new();
+        let mut report = GcReport::default();
         for p in self.list()? {
             if live.contains(&p) {
                 continue;
@@ -578,9 +588,50 @@ impl Store {
                 let _lock = self.lock(p.hash(), || {})?;
                 remove_tree(&self.entry_dir(&p))?;
             }
-            removed.push(p);
+            report.entries.push(p);
         }
-        Ok(removed)
+        for sub in [PARTIAL_DIR, TMP_DIR] {
+            let dir = self.root.join(sub);
+            for item in fs::read_dir(&dir).map_err(io_err("reading", &dir))? {
+                let item = item.map_err(io_err("reading", &dir))?;
+                let name = item.file_name().to_string_lossy().into_owned();
+                if let Some(_guard) = self.debris_guard(&name)? {
+                    if !dry_run {
+                        remove_tree(&item.path())?;
+                    }
+                    report.debris.push(item.path());
+                }
+            }
+        }
+        report.debris.sort();
+        Ok(report)
+    }
+
+    /// For a name under `.partial` or `.tmp`: `Some` (holding its owner's lock when
+    /// it has one) when no live process can be using it.
+    fn debris_guard(&self, name: &str) -> Result<Option<Option<EntryLock>>> {
+        // `<hash>-...`: owned by the holder of that hash part's lock.
+        if let Some((hash, _)) = name.split_once('-')
+            && hash.len() == 32
+        {
+            let path = self.root.join(LOCK_DIR).join(format!("{hash}.lock"));
+            let file = File::options()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .map_err(io_err("opening lock", &path))?;
+            return match file.try_lock() {
+                Ok(()) => Ok(Some(Some(EntryLock { _file: file }))),
+                Err(_) => Ok(None),
+            };
+        }
+        // `import.<pid>`, `lock.<pid>.<n>`: owned by a process, if it still runs.
+        let pid = name.split('.').nth(1).and_then(|p| p.parse::<u32>().ok());
+        match pid {
+            Some(pid) if Path::new(&format!("/proc/{pid}")).exists() => Ok(None),
+            _ => Ok(Some(None)),
+        }
     }
 
     /// Writes `paths` and their closure to a bundle (see [`bundle`]).
@@ -832,10 +883,19 @@ mod tests {
         assert!(problems[0].what.contains("`a` is corrupt"), "{}", problems[0].what);
 
         store.add_root("keep-b", std::slice::from_ref(&b)).unwrap();
-        assert_eq!(store.gc(true).unwrap(), vec![a.clone()]);
+        // Debris: a partial download whose owner is idle, and one whose owner is busy.
+        let idle = store.partial_file(&"0".repeat(32), &Sha256::of(b"x"));
+        let busy_hash = "1".repeat(32);
+        let busy = store.partial_file(&busy_hash, &Sha256::of(b"y"));
+        fs::write(&idle, b"x").unwrap();
+        fs::write(&busy, b"y").unwrap();
+        let _held = store.lock(&busy_hash, || {}).unwrap();
+        let dry = store.gc(true).unwrap();
+        assert_eq!((dry.entries, dry.debris), (vec![a.clone()], vec![idle.clone()]));
         assert_eq!(store.list().unwrap().len(), 2);
-        assert_eq!(store.gc(false).unwrap(), vec![a]);
+        assert_eq!(store.gc(false).unwrap().entries, vec![a]);
         assert_eq!(store.list().unwrap(), vec![b]);
+        assert!(!idle.exists() && busy.exists());
     }
 
     #[test]
