@@ -11,6 +11,7 @@ pub mod config;
 pub mod digest;
 pub mod fetch;
 pub mod fill;
+pub mod format;
 pub mod lock;
 pub mod oci;
 pub mod recipe;

@@ -1,0 +1,6 @@
+//! Byte-level image formats. **Architecture invariant:** nothing here spawns a
+//! process, touches the network, the clock or the environment; everything works
+//! on bytes and on `Read`/`Write`/`Seek`, so that it can be property-tested and
+//! fuzzed.
+
+pub mod qcow2;
