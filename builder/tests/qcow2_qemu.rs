@@ -86,7 +86,12 @@ fn a_truncated_image_is_an_error_not_a_panic() {
     let raw_path = dir.path().join("disk.raw");
     std::fs::write(&raw_path, raw_disk()).unwrap();
     let out = dir.path().join("c.qcow2");
-    let st = Command::new("qemu-img").args(["convert", "-f", "raw", "-O", "qcow2", "-c"]).arg(&raw_path).arg(&out).status().unwrap();
+    let st = Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2", "-c"])
+        .arg(&raw_path)
+        .arg(&out)
+        .status()
+        .unwrap();
     assert!(st.success());
     let mut bytes = std::fs::read(&out).unwrap();
     bytes.truncate(bytes.len() / 2);

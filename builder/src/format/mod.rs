@@ -3,4 +3,5 @@
 //! on bytes and on `Read`/`Write`/`Seek`, so that it can be property-tested and
 //! fuzzed.
 
+pub mod gpt;
 pub mod qcow2;

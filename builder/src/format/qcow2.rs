@@ -16,7 +16,8 @@ const INCOMPAT_CORRUPT: u64 = 1 << 1;
 const INCOMPAT_DATA_FILE: u64 = 1 << 2;
 const INCOMPAT_COMPRESSION: u64 = 1 << 3;
 const INCOMPAT_EXTL2: u64 = 1 << 4;
-const INCOMPAT_KNOWN: u64 = INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_DATA_FILE | INCOMPAT_COMPRESSION | INCOMPAT_EXTL2;
+const INCOMPAT_KNOWN: u64 =
+    INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_DATA_FILE | INCOMPAT_COMPRESSION | INCOMPAT_EXTL2;
 /// Offset bits of L1 and standard L2 entries.
 const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
 const L2_COMPRESSED: u64 = 1 << 62;
@@ -129,10 +130,15 @@ pub fn parse_header(buf: &[u8], file_len: u64) -> Result<Header, Qcow2Error> {
         }
         let incompat = be64(72);
         if incompat & !INCOMPAT_KNOWN != 0 {
-            return Err(Qcow2Error::Unsupported(format!("incompatible feature bits {:#x}", incompat & !INCOMPAT_KNOWN)));
+            return Err(Qcow2Error::Unsupported(format!(
+                "incompatible feature bits {:#x}",
+                incompat & !INCOMPAT_KNOWN
+            )));
         }
         if incompat & INCOMPAT_DIRTY != 0 {
-            return Err(Qcow2Error::Unsupported("dirty image (refcounts need repair: run `qemu-img check -r all`)".into()));
+            return Err(Qcow2Error::Unsupported(
+                "dirty image (refcounts need repair: run `qemu-img check -r all`)".into(),
+            ));
         }
         if incompat & INCOMPAT_CORRUPT != 0 {
             return Err(Qcow2Error::BadHeader("image is marked corrupt".into()));
@@ -267,7 +273,11 @@ impl<R: Read + Seek> Qcow2<R> {
             let sectors = ((entry & ((1u64 << 62) - 1)) >> x) + 1;
             let len = (sectors * 512 - (host & 511)).min(self.file_len.saturating_sub(host));
             if host >= self.file_len {
-                return Err(Qcow2Error::OutOfBounds { what: "compressed cluster", offset: host, file_len: self.file_len });
+                return Err(Qcow2Error::OutOfBounds {
+                    what: "compressed cluster",
+                    offset: host,
+                    file_len: self.file_len,
+                });
             }
             self.inner.seek(SeekFrom::Start(host))?;
             let mut raw = vec![0u8; len as usize];
