@@ -17,3 +17,4 @@ pub mod oci;
 pub mod recipe;
 pub mod report;
 pub mod store;
+pub mod tree;
