@@ -260,7 +260,14 @@ impl Tree {
     }
 
     /// One component: the entry `name` in directory `dir`, its symlink followed.
-    fn step(&self, dir: NodeId, name: &[u8], whole: &[u8], follow: bool, budget: &mut usize) -> Result<NodeId, TreeError> {
+    fn step(
+        &self,
+        dir: NodeId,
+        name: &[u8],
+        whole: &[u8],
+        follow: bool,
+        budget: &mut usize,
+    ) -> Result<NodeId, TreeError> {
         if name == b".." {
             // A parent we cannot know without the walk stack: callers handle `..`
             // in walk(); a trailing `..` is refused by resolve_parent.
@@ -284,7 +291,8 @@ impl Tree {
     fn follow(&self, dir: NodeId, target: &[u8], whole: &[u8], budget: &mut usize) -> Result<NodeId, TreeError> {
         // A relative target is resolved from the link's directory. To interpret
         // `..` correctly we need that directory's path: recompute it.
-        let base: Vec<Vec<u8>> = if target.starts_with(b"/") { Vec::new() } else { self.path_of(dir).unwrap_or_default() };
+        let base: Vec<Vec<u8>> =
+            if target.starts_with(b"/") { Vec::new() } else { self.path_of(dir).unwrap_or_default() };
         let mut full: Vec<&[u8]> = base.iter().map(|v| v.as_slice()).collect();
         full.extend(components(target));
         let Some((last, dirs)) = full.split_last() else { return Ok(ROOT) };

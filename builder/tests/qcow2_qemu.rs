@@ -1,18 +1,14 @@
 //! The qcow2 reader against images written by the real `qemu-img`: every variant a
 //! base image may come in must read back as the raw disk it was made from.
 
+mod common;
+
 use std::process::Command;
 
 use hearth_builder::format::qcow2::{Compression, Qcow2};
 
 fn have_qemu_img() -> bool {
-    let ok = Command::new("qemu-img").arg("--version").output().is_ok_and(|o| o.status.success());
-    if !ok {
-        let required = std::env::var_os("CI").is_some() || std::env::var_os("HEARTH_REQUIRE_TOOLS").is_some();
-        assert!(!required, "qemu-img is required here but is not installed");
-        eprintln!("SKIPPED: qemu-img is not installed");
-    }
-    ok
+    common::require_tool("qemu-img", "--version")
 }
 
 /// A raw disk with data, runs of zeros and a tail that is not cluster-aligned.

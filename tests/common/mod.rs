@@ -1,7 +1,7 @@
 //! Helpers shared by the CLI test suites: a private HOME and store per test, and
 //! running the real `hearth` binary.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::print_stderr)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -3,5 +3,6 @@
 //! on bytes and on `Read`/`Write`/`Seek`, so that it can be property-tested and
 //! fuzzed.
 
+pub mod ext4;
 pub mod gpt;
 pub mod qcow2;
