@@ -157,7 +157,11 @@ impl Gpt {
         let entries_lba = le64(&hdr, 72);
         let num_entries = le32(&hdr, 80);
         let entry_size = le32(&hdr, 84);
-        if num_entries == 0 || num_entries > MAX_ENTRIES || entry_size < 128 || !entry_size.is_multiple_of(8) || entry_size > 4096
+        if num_entries == 0
+            || num_entries > MAX_ENTRIES
+            || entry_size < 128
+            || !entry_size.is_multiple_of(8)
+            || entry_size > 4096
         {
             return Err(GptError::Invalid(format!("{num_entries} entries of {entry_size} bytes")));
         }
