@@ -3,6 +3,7 @@
 //! on bytes and on `Read`/`Write`/`Seek`, so that it can be property-tested and
 //! fuzzed.
 
+pub mod deb;
 pub mod ext4;
 pub mod gpt;
 pub mod qcow2;
