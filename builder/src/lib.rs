@@ -12,6 +12,7 @@ pub mod digest;
 pub mod fetch;
 pub mod fill;
 pub mod format;
+pub mod layers;
 pub mod lock;
 pub mod oci;
 pub mod recipe;

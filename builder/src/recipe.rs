@@ -31,7 +31,7 @@
 //! include = ["bin/"]
 //! [[files]]
 //! path = "/usr/local/bin/kubeadm"
-//! urls = ["https://.../kubeadm"]     # or `content = "..."`, or `source = "files/x"`
+//! urls = ["https://.../kubeadm"]     # or `content`, `source = "files/x"`, `symlink = "target"`
 //! sha256 = "..."
 //! mode = "0755"
 //! owner = "root:root"
@@ -338,6 +338,8 @@ pub struct FileSpec {
     pub content: Option<String>,
     /// Or this file under the recipe's directory.
     pub source: Option<SourcePath>,
+    /// Or a symbolic link with this target.
+    pub symlink: Option<String>,
     /// Permission bits.
     #[serde(default = "default_mode")]
     pub mode: Mode,
@@ -542,11 +544,11 @@ pub fn parse_recipe(text: &str) -> Result<Recipe, RecipeError> {
         }
     }
     for f in &recipe.files {
-        let sources = [!f.urls.is_empty(), f.content.is_some(), f.source.is_some()];
+        let sources = [!f.urls.is_empty(), f.content.is_some(), f.source.is_some(), f.symlink.is_some()];
         if sources.iter().filter(|s| **s).count() != 1 {
             return Err(invalid(
                 f.path.span(),
-                format!("file `{}` needs exactly one of `urls`, `content` or `source`", f.path.get_ref().0),
+                format!("file `{}` needs exactly one of `urls`, `content`, `source` or `symlink`", f.path.get_ref().0),
             ));
         }
         if f.urls.is_empty() && f.sha256.is_some() {
