@@ -42,6 +42,12 @@ pub struct Global {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Build a node image from a recipe; prints its store path
+    ///
+    /// Fetches what is missing (unless --offline), then assembles the image without root,
+    /// a VM or the network: the base's root file system is read, the recipe's packages,
+    /// archives, files and OCI archives are laid over it, and a new ext4, GPT disk and
+    /// zstd-compressed qcow2 are written, with the kernel and initrd beside them. The same
+    /// recipe and inputs give the same bytes and the same store path on any machine.
     Build(BuildArgs),
     /// Fill the store with every pinned input of a recipe, nothing else
     ///

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use hearth_builder::{config, fetch::Fetcher, fill, lock, recipe};
+use hearth_builder::{build, config, fetch::Fetcher, fill, lock, recipe};
 
 use crate::cli::Global;
 use crate::progress::Progress;
@@ -75,5 +75,38 @@ pub fn lock(g: &Global, recipe_path: &Path, update: bool) -> CmdResult {
     } else {
         println!("`{}` is up to date ({} pins)", loaded.lock_path.display(), report.kept);
     }
+    Ok(())
+}
+
+pub fn build(g: &Global, recipe_path: &Path, check: bool) -> CmdResult {
+    let loaded = recipe::load_recipe(recipe_path)?;
+    let hint = |e: fill::FillError| {
+        let hint = e.hint(&recipe_path.display().to_string());
+        Failure { error: anyhow::Error::new(e).context(format!("building `{}`", recipe_path.display())), hint }
+    };
+    fill::check_pinned(&loaded).map_err(hint)?;
+    let store = crate::open_store(g)?;
+    let progress = Arc::new(Progress::new(g.quiet));
+    let fetcher = Fetcher::new(fetch_options(g)?, progress.clone())?;
+    let filled = runtime()?.block_on(fill::fill(&fetcher, &store, &loaded));
+    progress.finish();
+    let report = filled.map_err(hint)?;
+    let context = || format!("building `{}`", recipe_path.display());
+    if check {
+        let (path, differ) = build::check(&store, &loaded, &report.inputs, progress.as_ref()).with_context(context)?;
+        if differ.is_empty() {
+            println!("{}: rebuilt bit for bit", store.entry_dir(&path).display());
+            return Ok(());
+        }
+        return Err(Failure {
+            error: anyhow::anyhow!("`{path}` is not reproducible; these outputs differ:\n  {}", differ.join("\n  ")),
+            hint: None,
+        });
+    }
+    let built = build::build(&store, &loaded, &report.inputs, progress.as_ref()).with_context(context)?;
+    if !built.built && !g.quiet {
+        eprintln!("already built");
+    }
+    println!("{}", store.entry_dir(&built.path).display());
     Ok(())
 }

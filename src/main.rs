@@ -65,7 +65,7 @@ fn run(cli: Cli) -> CmdResult {
     match cli.command {
         Command::Fetch(a) => cmd_fetch::fetch(g, &a.recipe),
         Command::Store(c) => cmd_store::run(g, c),
-        Command::Build(_) => not_built("build", "the image builder"),
+        Command::Build(a) => cmd_fetch::build(g, &a.recipe, a.check),
         Command::Lock(a) => cmd_fetch::lock(g, &a.recipe, a.update),
         Command::Launch(_) | Command::Status(_) | Command::Reinstall(_) | Command::Destroy(_) => {
             not_built("launch/status/reinstall/destroy", "the appliance")

@@ -21,6 +21,8 @@ packages=(
 if [ "$want_tests" = 1 ]; then
   packages+=(
     docker-registry  # a real OCI registry on loopback
+    faketime         # another clock for the reproducibility test
+    dpkg-dev         # dpkg-deb makes the test packages (dpkg itself has it on Debian)
     skopeo           # pushes fixture images into it, reads OCI archives
     nix-bin          # nix-instantiate --parse checks flake.nix
   )

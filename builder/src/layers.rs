@@ -128,6 +128,29 @@ impl Spill {
         self.append(&mut &bytes[..], bytes.len() as u64)
     }
 
+    /// Appends whatever `write` produces, returning it as one piece.
+    pub fn append_with(
+        &mut self,
+        write: impl FnOnce(&mut dyn io::Write) -> io::Result<()>,
+    ) -> Result<Data, LayerError> {
+        struct Appender<'a>(&'a mut Spill);
+        impl io::Write for Appender<'_> {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                self.0.file.write_all_at(buf, self.0.len)?;
+                self.0.len += buf.len() as u64;
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let start = self.len;
+        let mut w = io::BufWriter::with_capacity(1 << 20, Appender(self));
+        write(&mut w).and_then(|()| io::Write::flush(&mut w)).map_err(io_err("writing the spill file"))?;
+        drop(w);
+        Ok(Data::external(SPILL_SOURCE, start, self.len - start))
+    }
+
     /// Reads back (the writer's source).
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         self.file.read_exact_at(buf, offset)
@@ -246,7 +269,14 @@ pub fn unpack_tar(tree: &mut Tree, spill: &mut Spill, r: impl Read, u: &Unpack) 
         };
         let kind = h.entry_type();
         match kind {
-            tar::EntryType::Directory => place(tree, Node { kind: Kind::Dir(BTreeMap::new()), meta })?,
+            tar::EntryType::Directory => {
+                // A directory that already exists, also through a symlink (`/lib`
+                // -> `usr/lib` on usr-merged systems), is kept as it is, as dpkg does.
+                let exists = tree.lookup(&path, true).is_ok_and(|id| matches!(tree.node(id).kind, Kind::Dir(_)));
+                if !exists {
+                    place(tree, Node { kind: Kind::Dir(BTreeMap::new()), meta })?;
+                }
+            }
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
                 let size = h.size().map_err(io_err(format!("{}: member size", u.origin)))?;
                 if size > u.max_file {
@@ -302,11 +332,7 @@ pub fn unpack_tar(tree: &mut Tree, spill: &mut Spill, r: impl Read, u: &Unpack) 
 }
 
 /// Reads a file of the tree through its content pieces.
-pub fn read_file(
-    tree: &Tree,
-    path: &[u8],
-    read: &mut dyn FnMut(u32, u64, &mut [u8]) -> io::Result<()>,
-) -> Option<Vec<u8>> {
+pub fn read_file(tree: &Tree, path: &[u8], sources: &mut dyn crate::format::ext4::write::Sources) -> Option<Vec<u8>> {
     let id = tree.lookup(path, true).ok()?;
     let Kind::File(data) = &tree.node(id).kind else { return None };
     let mut out = vec![0u8; data.size as usize];
@@ -314,7 +340,7 @@ pub fn read_file(
         let dst = &mut out[*at as usize..(*at + piece.len()) as usize];
         match piece {
             crate::tree::Piece::Inline(b) => dst.copy_from_slice(b),
-            crate::tree::Piece::External { source, offset, .. } => read(*source, *offset, dst).ok()?,
+            crate::tree::Piece::External { source, offset, .. } => sources.read_at(*source, *offset, dst).ok()?,
         }
     }
     Some(out)
@@ -583,8 +609,7 @@ pub fn scrub(tree: &mut Tree) -> Vec<String> {
     for (path, id) in &walk {
         let p = String::from_utf8_lossy(path).into_owned();
         let is_file = !matches!(tree.node(*id).kind, Kind::Dir(_));
-        let drop = (p.starts_with("/etc/ssh/ssh_host_") && is_file)
-            || (p.starts_with("/var/log/") && is_file)
+        let drop = (is_file && (p.starts_with("/etc/ssh/ssh_host_") || p.starts_with("/var/log/")))
             || (p.starts_with("/var/cache/apt/") && p.ends_with(".bin"))
             || (p.starts_with("/var/lib/dpkg/") && p.ends_with("-old"))
             || p == "/var/lib/dbus/machine-id"

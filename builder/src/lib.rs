@@ -7,6 +7,8 @@
 
 #![warn(missing_docs)]
 
+pub mod build;
+pub mod cmd;
 pub mod config;
 pub mod digest;
 pub mod fetch;

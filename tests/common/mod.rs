@@ -3,6 +3,8 @@
 
 #![allow(dead_code, clippy::print_stderr)]
 
+pub mod base;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

@@ -243,6 +243,7 @@ pub(super) fn import(store: &Store, input: impl Read) -> Result<ImportSummary, B
         super::seal(&dir, &manifest)?;
         let dest = store.entry_dir(&entry);
         fs::rename(&dir, &dest).map_err(io_err("moving entry into place", &dest))?;
+        super::finish_seal(&dest)?;
         summary.added.push(entry);
     }
     super::sync_dir(&store.root)?;

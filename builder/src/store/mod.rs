@@ -505,6 +505,7 @@ impl Store {
         seal(tmp, manifest)?;
         let dest = self.entry_dir(path);
         fs::rename(tmp, &dest).map_err(io_err("moving entry into place", &dest))?;
+        finish_seal(&dest)?;
         sync_dir(&self.root)?;
         Ok(())
     }
@@ -708,15 +709,17 @@ fn walk_files(base: &Path, dir: &Path, out: &mut BTreeSet<String>) -> Result<()>
 }
 
 /// Makes a finished tree read-only: files 0444 (0555 if executable), dirs 0555,
-/// and flushes every file to disk.
+/// and flushes every file to disk. The top directory itself stays writable: a
+/// directory is renamed into place only if its owner may write it (its `..`
+/// changes), so [`finish_seal`] closes it after the rename.
 fn seal(dir: &Path, manifest: &Manifest) -> Result<()> {
-    fn walk(base: &Path, dir: &Path, manifest: &Manifest) -> Result<()> {
+    fn walk(base: &Path, dir: &Path, manifest: &Manifest, top: bool) -> Result<()> {
         for item in fs::read_dir(dir).map_err(io_err("reading", dir))? {
             let item = item.map_err(io_err("reading", dir))?;
             let p = item.path();
             let ft = item.file_type().map_err(io_err("reading", &p))?;
             if ft.is_dir() {
-                walk(base, &p, manifest)?;
+                walk(base, &p, manifest, false)?;
                 continue;
             }
             let rel = p.strip_prefix(base).expect("under base").to_string_lossy().into_owned();
@@ -727,9 +730,17 @@ fn seal(dir: &Path, manifest: &Manifest) -> Result<()> {
             fs::set_permissions(&p, fs::Permissions::from_mode(mode)).map_err(io_err("sealing", &p))?;
         }
         sync_dir(dir)?;
+        if top {
+            return Ok(());
+        }
         fs::set_permissions(dir, fs::Permissions::from_mode(0o555)).map_err(io_err("sealing", dir))
     }
-    walk(dir, dir, manifest)
+    walk(dir, dir, manifest, true)
+}
+
+/// Closes an entry's top directory once it is in place (see [`seal`]).
+fn finish_seal(dir: &Path) -> Result<()> {
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o555)).map_err(io_err("sealing", dir))
 }
 
 /// Removes a tree even if it was sealed read-only.

@@ -1,0 +1,595 @@
+//! `hearth build`: a recipe and its fetched inputs into one derived store entry
+//! holding `disk.qcow2`, `vmlinuz`, `initrd.img` and `manifest.json`.
+//!
+//! Phases:
+//! 1. key: the canonical hash of the recipe, its inputs' entries and the files it
+//!    takes from `images/`; an existing entry ends the build here;
+//! 2. base: decode the base disk to a sparse raw file, read its GPT, find the
+//!    root partition (by label or number) and read its ext4 into a tree;
+//! 3. layers: debs (dependencies checked), archives, files, OCI archives, scrub;
+//! 4. root file system: a new ext4 with the base's label, UUID and hash seed;
+//! 5. disk: the other partitions byte for byte, the root resized, a new GPT;
+//! 6. outputs: kernel and initrd from the BOOT file system (or /boot), and the
+//!    disk compressed to qcow2 by `qemu-img convert` (deterministic).
+//!
+//! Nothing here needs root, a VM or the network.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::cmd::{self, CmdError};
+use crate::digest::Sha256;
+use crate::fill::Filled;
+use crate::format::ext4::{read as ext4r, write as ext4w};
+use crate::format::gpt::{self, Gpt, SECTOR};
+use crate::format::qcow2::{Qcow2, Qcow2Error};
+use crate::layers::{self, LayerError, Spill, Unpack};
+use crate::recipe::{BaseFormat, Compression, InputKind, LoadedRecipe, RootSelector};
+use crate::report::Reporter;
+use crate::store::{self, Claim, EntryKey, OutputRecord, Outputs, Store, StoreError, StorePath};
+use crate::tree::{Data, Kind, Meta, Node, Tree};
+
+/// Version of the build pipeline; part of every image's key. Bump it whenever
+/// the same inputs would give different bytes.
+pub const BUILDER_FORMAT: u32 = 1;
+/// Source number of the base disk in the tree.
+const DISK_SOURCE: u32 = 0;
+
+/// Errors of building.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The base disk.
+    #[error("reading the base image `{}`", path.display())]
+    Base {
+        /// The base file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: Qcow2Error,
+    },
+    /// The partition table.
+    #[error("partition table of the base image")]
+    Gpt(#[from] gpt::GptError),
+    /// No root partition found.
+    #[error("no root partition {0} in the base image")]
+    NoRoot(String),
+    /// The root file system.
+    #[error("reading the root file system of the base image")]
+    Ext4Read(#[from] ext4r::ReadError),
+    /// Writing the new root file system.
+    #[error("writing the root file system")]
+    Ext4Write(#[from] ext4w::Ext4Error),
+    /// A layer.
+    #[error("applying layers")]
+    Layer(#[from] LayerError),
+    /// The disk does not fit.
+    #[error("{0}")]
+    Size(String),
+    /// An input that was not fetched.
+    #[error("input `{0}` is not in the store (run `hearth fetch` first)")]
+    MissingInput(String),
+    /// A helper program.
+    #[error(transparent)]
+    Cmd(#[from] CmdError),
+    /// The store.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Other I/O.
+    #[error("{op}")]
+    Io {
+        /// What.
+        op: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_err(op: impl Into<String>) -> impl FnOnce(io::Error) -> BuildError {
+    let op = op.into();
+    move |source| BuildError::Io { op, source }
+}
+
+/// What a build produced.
+#[derive(Debug)]
+pub struct Built {
+    /// The image entry.
+    pub path: StorePath,
+    /// False when it was already in the store.
+    pub built: bool,
+}
+
+/// The canonical description of everything that goes into an image; its
+/// sha256 is the image's key.
+pub fn key_document(loaded: &LoadedRecipe, inputs: &[Filled]) -> Result<serde_json::Value, BuildError> {
+    let recipe = serde_json::to_value(&loaded.recipe)
+        .map_err(|e| BuildError::Io { op: "serialising the recipe".into(), source: io::Error::other(e) })?;
+    let pins: BTreeMap<String, String> = inputs.iter().map(|f| (f.input.id.clone(), f.path.to_string())).collect();
+    let dir = loaded.path.parent().unwrap_or(Path::new("."));
+    let mut sources = BTreeMap::new();
+    for f in &loaded.recipe.files {
+        if let Some(src) = &f.source {
+            let p = dir.join(&src.0);
+            let bytes = fs::read(&p).map_err(io_err(format!("reading `{}`", p.display())))?;
+            sources.insert(src.0.clone(), Sha256::of(&bytes).hex());
+        }
+    }
+    Ok(serde_json::json!({ "builder": BUILDER_FORMAT, "recipe": recipe, "inputs": pins, "sources": sources }))
+}
+
+/// The store key of the image.
+pub fn image_key(loaded: &LoadedRecipe, inputs: &[Filled]) -> Result<EntryKey, BuildError> {
+    let doc = key_document(loaded, inputs)?;
+    Ok(EntryKey::Derived(Sha256::of(doc.to_string().as_bytes())))
+}
+
+/// Builds the image (or finds it in the store).
+pub fn build(
+    store: &Store,
+    loaded: &LoadedRecipe,
+    inputs: &[Filled],
+    reporter: &dyn Reporter,
+) -> Result<Built, BuildError> {
+    let key = image_key(loaded, inputs)?;
+    let name = loaded.recipe.name.get_ref().clone();
+    let built = match store
+        .claim(&key, &name, || reporter.note(&format!("waiting for another hearth process building `{name}`")))?
+    {
+        Claim::Present(path) => Built { path, built: false },
+        Claim::Vacant(pending) => {
+            let work = WorkDir::new(store, pending.path().hash())?;
+            let outputs = build_outputs(store, loaded, inputs, pending.dir(), &work.0, reporter)?;
+            Built { path: pending.commit(outputs)?, built: true }
+        }
+    };
+    store.add_root(&format!("build-{name}"), std::slice::from_ref(&built.path))?;
+    Ok(built)
+}
+
+/// Rebuilds into a temporary directory and compares every output with the
+/// stored entry. Returns the names of the outputs that differ.
+pub fn check(
+    store: &Store,
+    loaded: &LoadedRecipe,
+    inputs: &[Filled],
+    reporter: &dyn Reporter,
+) -> Result<(StorePath, Vec<String>), BuildError> {
+    let key = image_key(loaded, inputs)?;
+    let path = store.lookup(&key)?.ok_or_else(|| {
+        BuildError::Size(format!("`{}` has not been built yet: run `hearth build` first", loaded.path.display()))
+    })?;
+    let stored = store.manifest(&path)?;
+    let work = WorkDir::new(store, &format!("check-{}", path.hash()))?;
+    let out = work.0.join("out");
+    fs::create_dir_all(&out).map_err(io_err("creating the check directory"))?;
+    let fresh = build_outputs(store, loaded, inputs, &out, &work.0, reporter)?;
+    let mut differ = Vec::new();
+    for (name, rec) in &stored.outputs {
+        match fresh.files.get(name) {
+            Some(f) if f == rec => {}
+            Some(f) => differ.push(format!("{name}: stored sha256 {}, rebuilt {}", rec.sha256, f.sha256)),
+            None => differ.push(format!("{name}: not produced by the rebuild")),
+        }
+    }
+    Ok((path, differ))
+}
+
+/// A scratch directory under the store's `.tmp`, removed on drop.
+struct WorkDir(PathBuf);
+impl WorkDir {
+    fn new(store: &Store, tag: &str) -> Result<WorkDir, BuildError> {
+        let dir = store.root().join(".tmp").join(format!("build-{tag}.{}", std::process::id()));
+        let _ = store::remove_tree(&dir);
+        fs::create_dir_all(&dir).map_err(io_err(format!("creating `{}`", dir.display())))?;
+        Ok(WorkDir(dir))
+    }
+}
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = store::remove_tree(&self.0);
+    }
+}
+
+/// The single file inside a fixed-output entry.
+fn input_file(store: &Store, inputs: &[Filled], id: &str) -> Result<PathBuf, BuildError> {
+    let f = inputs.iter().find(|f| f.input.id == id).ok_or_else(|| BuildError::MissingInput(id.to_owned()))?;
+    let m = store.manifest(&f.path)?;
+    let name = m.outputs.keys().next().ok_or_else(|| BuildError::MissingInput(id.to_owned()))?;
+    Ok(store.entry_dir(&f.path).join(name))
+}
+
+/// Reads sources 0 (the raw base disk) and 1 (the spill file).
+struct BuildSources<'a> {
+    disk: &'a File,
+    spill: &'a Spill,
+}
+impl ext4w::Sources for BuildSources<'_> {
+    fn read_at(&mut self, source: u32, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        match source {
+            DISK_SOURCE => self.disk.read_exact_at(buf, offset),
+            layers::SPILL_SOURCE => self.spill.read_at(offset, buf),
+            other => Err(io::Error::other(format!("unknown content source {other}"))),
+        }
+    }
+}
+
+/// A window of a file, as a `Read + Seek` from 0.
+struct Window<'a> {
+    file: &'a File,
+    start: u64,
+    pos: u64,
+}
+impl Read for Window<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.file.read_at(buf, self.start + self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+impl Seek for Window<'_> {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        self.pos = match to {
+            SeekFrom::Start(o) => o,
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d).ok_or_else(|| io::Error::other("seek"))?,
+            SeekFrom::End(_) => return Err(io::Error::other("seek from end in a window")),
+        };
+        Ok(self.pos)
+    }
+}
+
+/// Decodes the base image into a sparse raw file (all-zero runs skipped).
+fn materialize_base(path: &Path, format: BaseFormat, dest: &Path) -> Result<File, BuildError> {
+    let base_err = |source| BuildError::Base { path: path.to_owned(), source };
+    let f = File::open(path).map_err(io_err(format!("opening `{}`", path.display())))?;
+    let out = File::options()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(dest)
+        .map_err(io_err("creating the raw base"))?;
+    match format {
+        BaseFormat::Raw => {
+            let len = f.metadata().map_err(io_err("reading the base"))?.len();
+            out.set_len(len).map_err(io_err("sizing the raw base"))?;
+            copy_nonzero(&mut |off, buf| f.read_exact_at(buf, off), &out, 0, 0, len)?;
+        }
+        BaseFormat::Qcow2 => {
+            let mut q = Qcow2::open(f).map_err(base_err)?;
+            let len = q.size();
+            out.set_len(len).map_err(io_err("sizing the raw base"))?;
+            let mut buf = vec![0u8; 1 << 20];
+            let mut at = 0;
+            while at < len {
+                let n = (len - at).min(buf.len() as u64) as usize;
+                q.read_at(at, &mut buf[..n]).map_err(base_err)?;
+                write_nonzero(&out, at, &buf[..n])?;
+                at += n as u64;
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn write_nonzero(out: &File, at: u64, data: &[u8]) -> Result<(), BuildError> {
+    for (i, chunk) in data.chunks(4096).enumerate() {
+        if chunk.iter().any(|b| *b != 0) {
+            out.write_all_at(chunk, at + (i as u64) * 4096).map_err(io_err("writing the disk"))?;
+        }
+    }
+    Ok(())
+}
+
+fn copy_nonzero(
+    read: &mut dyn FnMut(u64, &mut [u8]) -> io::Result<()>,
+    out: &File,
+    from: u64,
+    to: u64,
+    len: u64,
+) -> Result<(), BuildError> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(buf.len() as u64) as usize;
+        read(from + done, &mut buf[..n]).map_err(io_err("reading the base disk"))?;
+        write_nonzero(out, to + done, &buf[..n])?;
+        done += n as u64;
+    }
+    Ok(())
+}
+
+/// The label of the ext4 in a partition, if it holds one.
+fn ext4_label(disk: &File, p: &gpt::Partition) -> Option<Vec<u8>> {
+    let mut sb = [0u8; 1024];
+    disk.read_exact_at(&mut sb, p.first_lba * SECTOR + 1024).ok()?;
+    if u16::from_le_bytes([sb[56], sb[57]]) != crate::format::ext4::MAGIC {
+        return None;
+    }
+    let mut label = sb[120..136].to_vec();
+    while label.last() == Some(&0) {
+        label.pop();
+    }
+    Some(label)
+}
+
+fn build_outputs(
+    store: &Store,
+    loaded: &LoadedRecipe,
+    inputs: &[Filled],
+    out_dir: &Path,
+    work: &Path,
+    reporter: &dyn Reporter,
+) -> Result<Outputs, BuildError> {
+    let recipe = &loaded.recipe;
+    let epoch = i64::try_from(recipe.output.epoch).unwrap_or(i64::MAX);
+    // 2. Base.
+    reporter.note("reading the base image");
+    let base_path = input_file(store, inputs, &format!("base/{}", recipe.base.name.get_ref()))?;
+    let disk = materialize_base(&base_path, recipe.base.format, &work.join("base.raw"))?;
+    let disk_len = disk.metadata().map_err(io_err("reading the base"))?.len();
+    let table = Gpt::read(&mut Window { file: &disk, start: 0, pos: 0 }, disk_len)?;
+    let root_part = match &recipe.base.root {
+        RootSelector::Partition(n) => table.partition(*n).cloned(),
+        RootSelector::Label(l) => {
+            table.partitions.iter().find(|p| ext4_label(&disk, p).as_deref() == Some(l.as_bytes())).cloned()
+        }
+    }
+    .ok_or_else(|| BuildError::NoRoot(format!("{:?}", recipe.base.root)))?;
+    let root_offset = root_part.first_lba * SECTOR;
+    let (mut tree, info) =
+        ext4r::read_tree(&mut Window { file: &disk, start: root_offset, pos: 0 }, DISK_SOURCE, root_offset)?;
+
+    // 3. Layers.
+    let mut spill = Spill::create(&work.join("spill"))?;
+    let max_file = recipe.output.virtual_size.0;
+    apply_layers(store, loaded, inputs, &mut tree, &mut spill, &disk, max_file, reporter)?;
+    let removed = layers::scrub(&mut tree);
+    if !removed.is_empty() {
+        reporter.note(&format!("scrubbed {} files (host keys, logs, machine identity)", removed.len()));
+    }
+
+    // 4. Root file system.
+    let opts = ext4w::Options {
+        label: info.label.clone(),
+        uuid: info.uuid,
+        hash_seed: info.hash_seed,
+        epoch,
+        headroom: recipe.output.headroom.0,
+    };
+    let plan = ext4w::plan(&tree, &opts)?;
+
+    // 5. Disk.
+    let fs_sectors = plan.bytes() / SECTOR;
+    let mut new_table = table.clone();
+    let root_last = root_part.first_lba + fs_sectors - 1;
+    for p in &new_table.partitions {
+        if p.number != root_part.number && p.last_lba >= root_part.first_lba {
+            return Err(BuildError::Size(format!(
+                "partition {} lies after the root partition; the root must be last to grow",
+                p.number
+            )));
+        }
+    }
+    new_table.partitions.iter_mut().find(|p| p.number == root_part.number).expect("root").last_lba = root_last;
+    let need = (root_last + 1 + new_table.array_sectors() + 1) * SECTOR;
+    let size = recipe.output.virtual_size.0;
+    if size < need {
+        return Err(BuildError::Size(format!(
+            "the image needs {need} bytes ({} MiB) but `virtual_size` is {size} bytes: raise it in the recipe",
+            need.div_ceil(1 << 20)
+        )));
+    }
+    let sectors = size / SECTOR;
+    reporter.note(&format!("writing a {} MiB root file system", plan.bytes() >> 20));
+    let raw_path = work.join("disk.raw");
+    let raw = File::options()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&raw_path)
+        .map_err(io_err("creating the raw disk"))?;
+    raw.set_len(sectors * SECTOR).map_err(io_err("sizing the raw disk"))?;
+    for p in &table.partitions {
+        if p.number != root_part.number {
+            let len = p.sectors() * SECTOR;
+            copy_nonzero(
+                &mut |off, buf| disk.read_exact_at(buf, off),
+                &raw,
+                p.first_lba * SECTOR,
+                p.first_lba * SECTOR,
+                len,
+            )?;
+        }
+    }
+    let rendered = new_table.render(sectors)?;
+    let mut primary = rendered.primary;
+    // Keep the base's MBR boot code (BIOS boot loaders live there).
+    disk.read_exact_at(&mut primary[..440], 0).map_err(io_err("reading the base MBR"))?;
+    raw.write_all_at(&primary, 0).map_err(io_err("writing the GPT"))?;
+    raw.write_all_at(&rendered.backup, rendered.backup_lba * SECTOR).map_err(io_err("writing the backup GPT"))?;
+    struct At<'a>(&'a File, u64);
+    impl ext4w::Sink for At<'_> {
+        fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+            self.0.write_all_at(data, self.1 + offset)
+        }
+    }
+    ext4w::write(&plan, &mut BuildSources { disk: &disk, spill: &spill }, &mut At(&raw, root_offset))?;
+    raw.sync_all().map_err(io_err("flushing the raw disk"))?;
+
+    // 6. Outputs.
+    let mut outputs = Outputs::default();
+    let boot = table.partitions.iter().find(|p| ext4_label(&disk, p).as_deref() == Some(b"BOOT"));
+    let (boot_tree, boot_prefix): (Tree, &[u8]) = match boot {
+        Some(p) => {
+            let off = p.first_lba * SECTOR;
+            (ext4r::read_tree(&mut Window { file: &disk, start: off, pos: 0 }, DISK_SOURCE, off)?.0, b"")
+        }
+        None => (tree.clone(), b"/boot"),
+    };
+    for (want, out_name) in [("vmlinuz", "vmlinuz"), ("initrd.img", "initrd.img")] {
+        let mut p = boot_prefix.to_vec();
+        p.extend_from_slice(b"/");
+        p.extend_from_slice(want.as_bytes());
+        let bytes =
+            layers::read_file(&boot_tree, &p, &mut BuildSources { disk: &disk, spill: &spill }).ok_or_else(|| {
+                BuildError::Size(format!("the base has no `{}` to boot from", String::from_utf8_lossy(&p)))
+            })?;
+        fs::write(out_dir.join(out_name), &bytes).map_err(io_err(format!("writing `{out_name}`")))?;
+        outputs.files.insert(
+            out_name.into(),
+            OutputRecord { sha256: Sha256::of(&bytes), size: bytes.len() as u64, executable: false },
+        );
+    }
+    reporter.note("compressing the disk to qcow2");
+    let qcow = out_dir.join("disk.qcow2");
+    let compression = match recipe.output.compression {
+        Compression::Zstd => "compression_type=zstd",
+        Compression::Zlib => "compression_type=zlib",
+    };
+    cmd::run(
+        Command::new("qemu-img")
+            .args(["convert", "-f", "raw", "-O", "qcow2", "-c", "-o", compression])
+            .arg(&raw_path)
+            .arg(&qcow),
+    )?;
+    let (sha, size) = Sha256::of_reader(File::open(&qcow).map_err(io_err("reading disk.qcow2"))?)
+        .map_err(io_err("hashing disk.qcow2"))?;
+    outputs.files.insert("disk.qcow2".into(), OutputRecord { sha256: sha, size, executable: false });
+    outputs.references = inputs.iter().map(|f| f.path.to_string()).collect();
+    outputs.info.insert("recipe".into(), recipe.name.get_ref().clone());
+    outputs.info.insert("root-partition".into(), root_part.number.to_string());
+    outputs.info.insert("root-bytes".into(), plan.bytes().to_string());
+    outputs.info.insert("virtual-size".into(), size.to_string());
+    Ok(outputs)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn apply_layers(
+    store: &Store,
+    loaded: &LoadedRecipe,
+    inputs: &[Filled],
+    tree: &mut Tree,
+    spill: &mut Spill,
+    disk: &File,
+    max_file: u64,
+    reporter: &dyn Reporter,
+) -> Result<(), BuildError> {
+    let recipe = &loaded.recipe;
+    let read_tree_file = |tree: &Tree, spill: &Spill, path: &[u8]| {
+        layers::read_file(tree, path, &mut BuildSources { disk, spill })
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+    };
+    // Debs: all dependencies checked before any is unpacked.
+    if !recipe.debs.is_empty() {
+        reporter.note(&format!("unpacking {} packages", recipe.debs.len()));
+        let status_text = read_tree_file(tree, spill, b"/var/lib/dpkg/status").unwrap_or_default();
+        let mut status = crate::format::deb::parse_stanzas(&status_text)
+            .map_err(|source| LayerError::Deb { origin: "the base's /var/lib/dpkg/status".into(), source })?;
+        let mut debs = Vec::new();
+        for d in &recipe.debs {
+            let path = input_file(store, inputs, &format!("{}/{}", InputKind::Deb, d.name.get_ref()))?;
+            let bytes = fs::read(&path).map_err(io_err(format!("reading `{}`", path.display())))?;
+            debs.push(layers::open_deb(&bytes, &format!("package `{}`", d.name.get_ref()))?);
+        }
+        let mut available = layers::installed(&status_text);
+        available.extend(debs.iter().filter_map(|d| layers::Pkg::from_stanza(&d.control, "the recipe")));
+        for d in &debs {
+            layers::check_depends(&d.control, &available)?;
+        }
+        for d in &debs {
+            layers::install_deb(tree, spill, d, &mut status, max_file)?;
+        }
+        let text = layers::render_status(&mut status);
+        let data = spill.append_bytes(text.as_bytes())?;
+        tree.insert(b"/var/lib/dpkg/status", Node { kind: Kind::File(data), meta: Meta::root(0o644) }).map_err(
+            |source| LayerError::Tree { origin: "dpkg database".into(), member: "/var/lib/dpkg/status".into(), source },
+        )?;
+    }
+    for a in &recipe.archives {
+        let path = input_file(store, inputs, &format!("{}/{}", InputKind::Archive, a.name.get_ref()))?;
+        let f = File::open(&path).map_err(io_err(format!("reading `{}`", path.display())))?;
+        let name = a.name.get_ref();
+        let reader: Box<dyn Read> = if name.ends_with(".gz") || name.ends_with(".tgz") {
+            Box::new(flate2::read::GzDecoder::new(f))
+        } else if name.ends_with(".xz") {
+            Box::new(liblzma::read::XzDecoder::new(f))
+        } else if name.ends_with(".zst") {
+            Box::new(zstd::stream::read::Decoder::new(f).map_err(io_err("opening zstd"))?)
+        } else {
+            Box::new(f)
+        };
+        tree.mkdir_p(a.prefix.0.as_bytes(), &Meta::root(0o755)).map_err(|source| LayerError::Tree {
+            origin: format!("archive `{name}`"),
+            member: a.prefix.0.clone(),
+            source,
+        })?;
+        let u = Unpack {
+            origin: &format!("archive `{name}`"),
+            prefix: &a.prefix.0,
+            strip: a.strip_components as usize,
+            include: &a.include,
+            allow_devices: false,
+            force_owner: Some((0, 0)),
+            max_file,
+        };
+        layers::unpack_tar(tree, spill, reader, &u)?;
+    }
+    let passwd = read_tree_file(tree, spill, b"/etc/passwd").unwrap_or_default();
+    let group = read_tree_file(tree, spill, b"/etc/group").unwrap_or_default();
+    let dir = loaded.path.parent().unwrap_or(Path::new("."));
+    for f in &recipe.files {
+        let path = f.path.get_ref().0.as_bytes();
+        let (uid, gid) = layers::resolve_owner(&f.owner, &passwd, &group)?;
+        let meta = Meta { perm: f.mode.0 as u16, uid, gid, mtime: i64::MAX, xattrs: BTreeMap::new() };
+        let kind = if let Some(target) = &f.symlink {
+            Kind::Symlink(target.as_bytes().to_vec())
+        } else if let Some(text) = &f.content {
+            Kind::File(spill.append_bytes(text.as_bytes())?)
+        } else if let Some(src) = &f.source {
+            let p = dir.join(&src.0);
+            Kind::File(spill.append_bytes(&fs::read(&p).map_err(io_err(format!("reading `{}`", p.display())))?)?)
+        } else {
+            let id = format!("{}/{}", InputKind::File, f.path.get_ref().0.trim_start_matches('/'));
+            let p = input_file(store, inputs, &id)?;
+            let mut file = File::open(&p).map_err(io_err(format!("reading `{}`", p.display())))?;
+            let len = file.metadata().map_err(io_err("reading an input"))?.len();
+            Kind::File(spill.append(&mut file, len)?)
+        };
+        let parent = &path[..path.iter().rposition(|b| *b == b'/').unwrap_or(0)];
+        let mkdir_err =
+            |source| LayerError::Tree { origin: "files".into(), member: f.path.get_ref().0.clone(), source };
+        if !parent.is_empty() {
+            tree.mkdir_p(parent, &Meta::root(0o755)).map_err(mkdir_err)?;
+        }
+        tree.insert(path, Node { kind, meta }).map_err(|source| LayerError::Tree {
+            origin: "files".into(),
+            member: f.path.get_ref().0.clone(),
+            source,
+        })?;
+    }
+    if !recipe.images.is_empty() {
+        reporter.note(&format!("adding {} OCI archives under {}", recipe.images.len(), layers::IMAGES_DIR));
+        tree.mkdir_p(layers::IMAGES_DIR.as_bytes(), &Meta::root(0o755)).map_err(|source| LayerError::Tree {
+            origin: "images".into(),
+            member: layers::IMAGES_DIR.into(),
+            source,
+        })?;
+        for img in &recipe.images {
+            let id = format!("{}/{}", InputKind::Image, img.reference.get_ref());
+            let filled =
+                inputs.iter().find(|f| f.input.id == id).ok_or_else(|| BuildError::MissingInput(id.clone()))?;
+            let layout = store.entry_dir(&filled.path);
+            let data: Data =
+                spill.append_with(|w| crate::oci::write_archive(&layout, loaded.recipe.output.epoch, w))?;
+            let path = format!("{}/{}.tar", layers::IMAGES_DIR, store::sanitize_name(img.reference.get_ref()));
+            tree.insert(path.as_bytes(), Node { kind: Kind::File(data), meta: Meta::root(0o644) })
+                .map_err(|source| LayerError::Tree { origin: "images".into(), member: path.clone(), source })?;
+        }
+    }
+    Ok(())
+}
