@@ -79,6 +79,8 @@ fn fixture(extra_deb_depends: &str) -> Fixture {
     let (tools_url, tools_sha) =
         serve(&srv, "/tools.tar.gz", tarball(&[("tools-1.0/bin/tool", b"#!/bin/sh\n"), ("tools-1.0/README", b"doc")]));
     let (fetched_url, fetched_sha) = serve(&srv, "/fetched", b"fetched binary\n".to_vec());
+    let fx_image = common::oci::fixture();
+    let image_ref = common::oci::serve_image(&srv, &fx_image, "test/img", "1.0");
     std::fs::create_dir_all(dir.join("files")).unwrap();
     std::fs::write(dir.join("files/unit.service"), "[Unit]\nDescription=from images/\n").unwrap();
     let recipe = dir.join("fixture.toml");
@@ -125,7 +127,11 @@ source = "files/unit.service"
 [[files]]
 path = "/etc/systemd/system/multi-user.target.wants/unit.service"
 symlink = "/etc/systemd/system/unit.service"
-"#
+[[images]]
+reference = "{image_ref}"
+digest = "{image_digest}"
+"#,
+            image_digest = fx_image.index
         ),
     )
     .unwrap();
@@ -232,6 +238,20 @@ fn builds_a_valid_image_and_rebuilds_it_bit_for_bit() {
     assert_eq!(get("/etc/systemd/system/unit.service"), b"[Unit]\nDescription=from images/\n");
     let wants = tree.node(tree.lookup(b"/etc/systemd/system/multi-user.target.wants/unit.service", false).unwrap());
     assert_eq!(wants.kind, Kind::Symlink(b"/etc/systemd/system/unit.service".to_vec()));
+    // The OCI archive, ready for `ctr images import`.
+    let images: Vec<String> = match &tree.node(tree.lookup(b"/var/lib/hearth/images", false).unwrap()).kind {
+        Kind::Dir(e) => e.keys().map(|k| String::from_utf8_lossy(k).into_owned()).collect(),
+        _ => panic!("not a dir"),
+    };
+    assert_eq!(images.len(), 1, "{images:?}");
+    let archive = get(&format!("/var/lib/hearth/images/{}", images[0]));
+    let mut names: Vec<String> = tar::Archive::new(&archive[..])
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().display().to_string())
+        .collect();
+    names.retain(|n| !n.starts_with("blobs/sha256/"));
+    assert_eq!(names, ["blobs/", "index.json", "oci-layout"]);
     // Scrubbed.
     assert_eq!(get("/etc/machine-id"), b"");
     assert!(tree.lookup(b"/etc/ssh/ssh_host_ed25519_key", false).is_err());

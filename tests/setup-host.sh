@@ -25,24 +25,38 @@ if [ "$want_tests" = 1 ]; then
     dpkg-dev         # dpkg-deb makes the test packages (dpkg itself has it on Debian)
     skopeo           # pushes fixture images into it, reads OCI archives
     nix-bin          # nix-instantiate --parse checks flake.nix
+    mmdebstrap       # makes the Debian fixture base (as root)
+    qemu-system-x86  # boots built images under TCG
+    genisoimage      # NoCloud seeds for the boot test
   )
 fi
 
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-  echo "setup: installing ${missing[*]}"
-  $sudo apt-get update -q
+missing_packages() {
+  missing=()
+  for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+}
+missing_packages
+updated=0
+# Twice: installing one package can remove another (qemu-system-x86 from the
+# distribution replaces a newer qemu-utils from backports), and the second
+# pass puts back what the first took away.
+for pass in 1 2; do
+  [ "${#missing[@]}" -gt 0 ] || break
+  echo "setup: installing ${missing[*]} (pass $pass)"
+  [ "$updated" = 1 ] || { $sudo apt-get update -q; updated=1; }
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+  installed_now=("${missing[@]}")
+  missing_packages
   # The tests start their own registry on a loopback port; the packaged service
   # (listening on every interface) is not wanted.
-  if printf '%s\n' "${missing[@]}" | grep -qx docker-registry && command -v systemctl >/dev/null \
+  if printf '%s\n' "${installed_now[@]}" | grep -qx docker-registry && command -v systemctl >/dev/null \
      && systemctl is-system-running >/dev/null 2>&1; then
     $sudo systemctl disable --now docker-registry >/dev/null 2>&1 || true
   fi
-fi
+done
+[ "${#missing[@]}" -eq 0 ] || { echo "setup: could not install ${missing[*]}" >&2; exit 1; }
 
 # Rust: the project uses edition 2024 and std's file locks (Rust 1.89).
 rust_ok() {

@@ -96,3 +96,37 @@ fn a_truncated_image_is_an_error_not_a_panic() {
     let err = q.read_at(0, &mut all).unwrap_err();
     assert!(err.to_string().contains("outside the file") || err.to_string().contains("does not decompress"), "{err}");
 }
+
+#[test]
+fn qemu_img_accepts_what_hearth_writes() {
+    if !have_qemu_img() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let raw = raw_disk();
+    let raw_path = dir.path().join("disk.raw");
+    std::fs::write(&raw_path, &raw).unwrap();
+    let out_path = dir.path().join("hearth.qcow2");
+    let mut out = std::fs::File::create(&out_path).unwrap();
+    hearth_builder::format::qcow2_write::write_qcow2(&raw[..], raw.len() as u64, &mut out, 2).unwrap();
+    drop(out);
+    let check = Command::new("qemu-img").args(["check", "--output=json"]).arg(&out_path).output().unwrap();
+    let report = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "qemu-img check: {report}{}", String::from_utf8_lossy(&check.stderr));
+    assert!(report.contains("\"compressed-clusters\""), "{report}");
+    let info = Command::new("qemu-img").args(["info", "--output=json"]).arg(&out_path).output().unwrap();
+    let info = String::from_utf8_lossy(&info.stdout);
+    assert!(info.contains("\"compression-type\": \"zstd\""), "{info}");
+    let cmp = Command::new("qemu-img")
+        .args(["compare", "-f", "raw", "-F", "qcow2"])
+        .arg(&raw_path)
+        .arg(&out_path)
+        .output()
+        .unwrap();
+    assert!(cmp.status.success(), "qemu-img compare: {}", String::from_utf8_lossy(&cmp.stdout));
+    // qemu reads it the way our reader does.
+    let back = dir.path().join("back.raw");
+    let st = Command::new("qemu-img").args(["convert", "-O", "raw"]).arg(&out_path).arg(&back).status().unwrap();
+    assert!(st.success());
+    assert!(std::fs::read(&back).unwrap()[..raw.len()] == raw[..]);
+}

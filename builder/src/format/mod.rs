@@ -7,3 +7,4 @@ pub mod deb;
 pub mod ext4;
 pub mod gpt;
 pub mod qcow2;
+pub mod qcow2_write;
