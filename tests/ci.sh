@@ -19,6 +19,16 @@ else
   echo "clippy is not installed; skipped"
 fi
 
+# The Debian fixture base for the boot test needs root (mmdebstrap); CI is root.
+if [ "$(id -u)" -eq 0 ]; then
+  echo "== Debian fixture base"
+  export HEARTH_FIXTURE_DIR="$PWD/target/fixtures"
+  bash tests/fixtures/debian-base.sh "$HEARTH_FIXTURE_DIR"
+  export HEARTH_VM_TESTS=1
+else
+  echo "== not root: the Debian fixture and the VM boot test are skipped"
+fi
+
 echo "== tests"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
