@@ -276,9 +276,35 @@ fn materialize_base(path: &Path, format: BaseFormat, dest: &Path) -> Result<File
     Ok(out)
 }
 
+/// The data ranges of a sparse file (`SEEK_DATA`/`SEEK_HOLE`), so that holes
+/// are never read. A file system without the calls reports one range.
+fn data_ranges(f: &File, size: u64) -> io::Result<Vec<(u64, u64)>> {
+    use std::os::fd::AsRawFd;
+    let fd = f.as_raw_fd();
+    let mut out = Vec::new();
+    let mut at = 0i64;
+    while (at as u64) < size {
+        // SAFETY: lseek on an open descriptor; it only moves the file offset.
+        let data = unsafe { libc::lseek(fd, at, libc::SEEK_DATA) };
+        if data < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENXIO) {
+                break; // no data after `at`
+            }
+            return Ok(vec![(0, size)]);
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
+        let end = if hole < 0 { size as i64 } else { hole };
+        out.push((data as u64, (end - data) as u64));
+        at = end;
+    }
+    Ok(out)
+}
+
 fn write_nonzero(out: &File, at: u64, data: &[u8]) -> Result<(), BuildError> {
     for (i, chunk) in data.chunks(4096).enumerate() {
-        if chunk.iter().any(|b| *b != 0) {
+        if !crate::format::is_zero(chunk) {
             out.write_all_at(chunk, at + (i as u64) * 4096).map_err(io_err("writing the disk"))?;
         }
     }
@@ -453,9 +479,9 @@ fn build_outputs(
         Compression::Zstd => {
             let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
             let mut out = File::create(&qcow).map_err(io_err("creating disk.qcow2"))?;
-            let input =
-                io::BufReader::with_capacity(4 << 20, File::open(&raw_path).map_err(io_err("reading the raw disk"))?);
-            qcow2_write::write_qcow2(input, sectors * SECTOR, &mut out, threads)
+            let data = data_ranges(&raw, sectors * SECTOR).map_err(io_err("mapping the raw disk"))?;
+            let mut read_at = |off: u64, buf: &mut [u8]| raw.read_exact_at(buf, off);
+            qcow2_write::write_qcow2_sparse(&mut read_at, &data, sectors * SECTOR, &mut out, threads)
                 .map_err(io_err("writing disk.qcow2"))?;
             out.sync_all().map_err(io_err("flushing disk.qcow2"))?;
         }

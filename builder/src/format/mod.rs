@@ -8,3 +8,11 @@ pub mod ext4;
 pub mod gpt;
 pub mod qcow2;
 pub mod qcow2_write;
+
+/// 64 KiB of zeros, to compare against.
+static ZEROS: [u8; 65536] = [0; 65536];
+
+/// Whether `buf` is all zeros (memcmp-fast).
+pub fn is_zero(buf: &[u8]) -> bool {
+    buf.chunks(ZEROS.len()).all(|c| c == &ZEROS[..c.len()])
+}

@@ -34,6 +34,31 @@ enum Slot {
 /// Writes `input` (a raw disk of `size` bytes) as compressed qcow2 to `out`,
 /// compressing on `threads` threads. Returns the bytes written.
 pub fn write_qcow2<R: Read, W: Write + Seek>(mut input: R, size: u64, out: &mut W, threads: usize) -> io::Result<u64> {
+    let mut pos = 0u64;
+    let mut read_at = |offset: u64, buf: &mut [u8]| {
+        // Sequential by construction: skipped ranges are read and dropped.
+        while pos < offset {
+            let n = (offset - pos).min(buf.len() as u64) as usize;
+            input.read_exact(&mut buf[..n])?;
+            pos += n as u64;
+        }
+        input.read_exact(buf)?;
+        pos += buf.len() as u64;
+        Ok(())
+    };
+    write_qcow2_sparse(&mut read_at, &[(0, size)], size, out, threads)
+}
+
+/// Like [`write_qcow2`], reading through `read_at` only the `data` ranges
+/// (sorted `(offset, len)`); everything else is known to be zeros (the holes of
+/// a sparse file) and is not read at all.
+pub fn write_qcow2_sparse<W: Write + Seek>(
+    read_at: &mut dyn FnMut(u64, &mut [u8]) -> io::Result<()>,
+    data: &[(u64, u64)],
+    size: u64,
+    out: &mut W,
+    threads: usize,
+) -> io::Result<u64> {
     let n_clusters = size.div_ceil(CLUSTER);
     let per_l2 = CLUSTER / 8;
     let l1_size = n_clusters.div_ceil(per_l2);
@@ -46,16 +71,26 @@ pub fn write_qcow2<R: Read, W: Write + Seek>(mut input: R, size: u64, out: &mut 
     let mut pos = CLUSTER;
     let threads = threads.max(1);
     let mut cluster_idx = 0u64;
+    // Clusters are visited in order, so one cursor walks the sorted ranges.
+    let mut range = 0usize;
     while cluster_idx < n_clusters {
         // Read a batch of clusters.
         let count = (n_clusters - cluster_idx).min(BATCH as u64) as usize;
         let mut raws = Vec::with_capacity(count);
         for i in 0..count {
             let at = (cluster_idx + i as u64) * CLUSTER;
-            let len = (size - at).min(CLUSTER) as usize;
+            let len = (size - at).min(CLUSTER);
+            while range < data.len() && data[range].0 + data[range].1 <= at {
+                range += 1;
+            }
+            let has_data = range < data.len() && data[range].0 < at + len;
+            if !has_data {
+                raws.push(None);
+                continue;
+            }
             let mut buf = vec![0u8; CLUSTER as usize];
-            input.read_exact(&mut buf[..len])?;
-            raws.push(buf);
+            read_at(at, &mut buf[..len as usize])?;
+            raws.push(Some(buf));
         }
         let slots = compress_batch(raws, threads)?;
         for (i, slot) in slots.into_iter().enumerate() {
@@ -180,24 +215,30 @@ fn bump(refs: &mut Vec<u16>, cluster: u64) {
     refs[c] += 1;
 }
 
-fn compress_one(raw: Vec<u8>) -> io::Result<Slot> {
-    if raw.iter().all(|b| *b == 0) {
-        return Ok(Slot::Zero);
-    }
+fn compressor() -> io::Result<zstd::bulk::Compressor<'static>> {
     let mut c = zstd::bulk::Compressor::new(ZSTD_LEVEL)?;
     c.include_checksum(false)?;
     c.include_contentsize(false)?;
+    Ok(c)
+}
+
+fn compress_one(c: &mut zstd::bulk::Compressor<'static>, raw: Option<Vec<u8>>) -> io::Result<Slot> {
+    let Some(raw) = raw else { return Ok(Slot::Zero) };
+    if super::is_zero(&raw) {
+        return Ok(Slot::Zero);
+    }
     let data = c.compress(&raw)?;
     // Stored whole when compression saves less than a sector.
     if data.len() as u64 >= CLUSTER - 512 { Ok(Slot::Raw(raw)) } else { Ok(Slot::Compressed(data)) }
 }
 
-fn compress_batch(raws: Vec<Vec<u8>>, threads: usize) -> io::Result<Vec<Slot>> {
+fn compress_batch(raws: Vec<Option<Vec<u8>>>, threads: usize) -> io::Result<Vec<Slot>> {
     if threads == 1 || raws.len() == 1 {
-        return raws.into_iter().map(compress_one).collect();
+        let mut c = compressor()?;
+        return raws.into_iter().map(|r| compress_one(&mut c, r)).collect();
     }
     let per = raws.len().div_ceil(threads);
-    let mut chunks: Vec<Vec<Vec<u8>>> = Vec::new();
+    let mut chunks: Vec<Vec<Option<Vec<u8>>>> = Vec::new();
     let mut it = raws.into_iter().peekable();
     while it.peek().is_some() {
         chunks.push(it.by_ref().take(per).collect());
@@ -205,7 +246,12 @@ fn compress_batch(raws: Vec<Vec<u8>>, threads: usize) -> io::Result<Vec<Slot>> {
     std::thread::scope(|s| {
         let handles: Vec<_> = chunks
             .into_iter()
-            .map(|chunk| s.spawn(move || chunk.into_iter().map(compress_one).collect::<io::Result<Vec<Slot>>>()))
+            .map(|chunk| {
+                s.spawn(move || {
+                    let mut c = compressor()?;
+                    chunk.into_iter().map(|r| compress_one(&mut c, r)).collect::<io::Result<Vec<Slot>>>()
+                })
+            })
             .collect();
         let mut out = Vec::new();
         for h in handles {

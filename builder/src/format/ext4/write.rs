@@ -796,7 +796,7 @@ fn fill(data: &Data, offset: u64, buf: &mut [u8], sources: &mut dyn Sources) -> 
 fn write_nonzero(sink: &mut dyn Sink, offset: u64, data: &[u8]) -> Result<(), Ext4Error> {
     // Skip whole zero blocks: the target already reads as zeros.
     for (i, block) in data.chunks(BLOCK as usize).enumerate() {
-        if block.iter().any(|b| *b != 0) {
+        if !crate::format::is_zero(block) {
             let at = offset + (i as u64) * BLOCK;
             sink.write_at(at, block).map_err(io_err(format!("writing block at byte {at}")))?;
         }
