@@ -369,3 +369,61 @@ fn an_unmet_dependency_fails_the_build_and_lands_nothing() {
     assert!(!fx.env.entries().iter().any(|e| e.ends_with("-fixture-image")), "{:?}", fx.env.entries());
     assert!(std::fs::read_dir(fx.env.store.join(".tmp")).unwrap().next().is_none(), "work files left behind");
 }
+
+/// Rewrites the fixture's base through `damage` and serves that instead.
+fn with_damaged_base(damage: impl FnOnce(&mut Vec<u8>)) -> (Fixture, String) {
+    let fx = fixture("");
+    let raw_path = fx.dir.join("base.raw");
+    let mut raw = std::fs::read(&raw_path).unwrap();
+    damage(&mut raw);
+    let sha = sha256_hex(&raw);
+    fx.srv.serve("/damaged.raw", raw, Behavior::Normal);
+    let text = std::fs::read_to_string(&fx.recipe).unwrap();
+    let start = text.find("[base]").unwrap();
+    let end = text.find("[[debs]]").unwrap();
+    let base = format!(
+        "[base]\nname = \"damaged.raw\"\nurls = [\"{}\"]\nsha256 = \"{sha}\"\nformat = \"raw\"\n",
+        fx.srv.url("/damaged.raw")
+    );
+    std::fs::write(&fx.recipe, format!("{}{base}{}", &text[..start], &text[end..])).unwrap();
+    let recipe = fx.recipe.to_str().unwrap().to_owned();
+    (fx, recipe)
+}
+
+#[test]
+fn hostile_bases_are_clear_errors_and_land_nothing() {
+    if !tools_present() {
+        return;
+    }
+    // A qcow2 whose header claims an L1 table of 2^32-1 entries.
+    let fx = fixture("");
+    let mut q = std::fs::read(fx.dir.join("base.qcow2")).unwrap();
+    q[36..40].copy_from_slice(&u32::MAX.to_be_bytes());
+    let sha = sha256_hex(&q);
+    fx.srv.serve("/base.qcow2", q, Behavior::Normal);
+    let text = std::fs::read_to_string(&fx.recipe).unwrap();
+    let old_sha = text.lines().find(|l| l.starts_with("sha256")).unwrap().to_owned();
+    std::fs::write(&fx.recipe, text.replacen(&old_sha, &format!("sha256 = \"{sha}\""), 1)).unwrap();
+    let r = fx.env.run(&["build", fx.recipe.to_str().unwrap()]).fails();
+    r.stderr_has("reading the base image");
+    r.stderr_has("corrupt qcow2 header: L1 table of 4294967295 entries is too large");
+    assert!(!fx.env.entries().iter().any(|e| e.ends_with("-fixture-image")));
+
+    // A raw base whose GPT has partition 16 (BOOT) overlapping the root.
+    let (fx, recipe) = with_damaged_base(|raw| {
+        let entries = 2 * 512usize;
+        let e16 = entries + 15 * 128;
+        raw[e16 + 40..e16 + 48].copy_from_slice(&24_600u64.to_le_bytes()); // past the root's first sector
+        let crc = crc32fast::hash(&raw[entries..entries + 128 * 128]);
+        raw[512 + 88..512 + 92].copy_from_slice(&crc.to_le_bytes());
+        raw[512 + 16..512 + 20].fill(0);
+        let hcrc = crc32fast::hash(&raw[512..512 + 92]);
+        raw[512 + 16..512 + 20].copy_from_slice(&hcrc.to_le_bytes());
+    });
+    let r = fx.env.run(&["build", &recipe]).fails();
+    r.stderr_has("partition table of the base image");
+    r.stderr_has("invalid GPT: partitions 16 (8192..=24600) and 1 (24576..=");
+    r.stderr_has(") overlap");
+    assert!(!fx.env.entries().iter().any(|e| e.ends_with("-fixture-image")));
+    assert!(std::fs::read_dir(fx.env.store.join(".tmp")).unwrap().next().is_none(), "work files left behind");
+}
