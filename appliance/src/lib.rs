@@ -1,1 +1,7 @@
-//! hearth appliance: spec, PKI, cloud-init seeds, libvirt, first boot, readiness (not built yet).
+//! hearth's appliance: the spec of the VMs and cluster, the PKI and tokens the
+//! host makes before any VM boots, the kubeadm and cloud-init documents each
+//! node receives. (libvirt, launch and readiness are still to come.)
+
+#![warn(missing_docs)]
+
+pub mod spec;

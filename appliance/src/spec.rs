@@ -1,0 +1,438 @@
+//! The appliance: which VMs, on which network, running which cluster. With no
+//! `appliance.toml`, the layout of the home-lab architecture is the default:
+//! a NAT network 192.168.122.0/24, a control plane at .10 (4 vCPU, 8 GiB, 50 GiB)
+//! and workers at .11 and .12 (2 vCPU, 4 GiB, 30 GiB), pod CIDR 10.244.0.0/16,
+//! service CIDR 10.96.0.0/12, MetalLB .100-.150, storage in /mnt/k8s-storage.
+//!
+//! [`parse_spec`] is pure; [`Appliance::validate`] names every problem it finds.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Smallest memory kubeadm's preflight accepts on a control plane (MiB).
+pub const MIN_CONTROL_PLANE_MIB: u64 = 1700;
+/// Smallest memory worth running a kubelet in (MiB).
+pub const MIN_WORKER_MIB: u64 = 1024;
+/// kubeadm's preflight wants two CPUs on a control plane.
+pub const MIN_CONTROL_PLANE_VCPUS: u32 = 2;
+
+/// An IPv4 network `a.b.c.d/len`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Cidr {
+    /// Network address.
+    pub addr: Ipv4Addr,
+    /// Prefix length.
+    pub len: u8,
+}
+
+impl TryFrom<String> for Cidr {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let (a, l) = s.split_once('/').ok_or_else(|| format!("`{s}` is not a CIDR like 192.168.122.0/24"))?;
+        let addr: Ipv4Addr = a.parse().map_err(|_| format!("`{a}` is not an IPv4 address"))?;
+        let len: u8 = l.parse().ok().filter(|l| *l <= 32).ok_or_else(|| format!("`{l}` is not a prefix length"))?;
+        let c = Cidr { addr, len };
+        if c.network() != addr {
+            return Err(format!("`{s}` has host bits set (the network is {}/{len})", c.network()));
+        }
+        Ok(c)
+    }
+}
+
+impl From<Cidr> for String {
+    fn from(c: Cidr) -> String {
+        format!("{}/{}", c.addr, c.len)
+    }
+}
+
+impl Cidr {
+    fn mask(&self) -> u32 {
+        if self.len == 0 { 0 } else { u32::MAX << (32 - self.len) }
+    }
+    /// The network address.
+    pub fn network(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.addr) & self.mask())
+    }
+    /// Whether `ip` is a usable host address of the network.
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        let (n, i) = (u32::from(self.network()), u32::from(ip));
+        i & self.mask() == n && i != n && i != (n | !self.mask())
+    }
+    /// Whether two networks share an address.
+    pub fn overlaps(&self, other: &Cidr) -> bool {
+        let m = self.mask() & other.mask();
+        u32::from(self.addr) & m == u32::from(other.addr) & m
+    }
+    /// The netmask in dotted form.
+    pub fn netmask(&self) -> Ipv4Addr {
+        Ipv4Addr::from(self.mask())
+    }
+}
+
+/// An inclusive range of addresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Range {
+    /// First address.
+    pub start: Ipv4Addr,
+    /// Last address.
+    pub end: Ipv4Addr,
+}
+
+impl Range {
+    /// Whether `ip` is in the range.
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        (u32::from(self.start)..=u32::from(self.end)).contains(&u32::from(ip))
+    }
+    /// Whether the ranges share an address.
+    pub fn overlaps(&self, o: &Range) -> bool {
+        u32::from(self.start) <= u32::from(o.end) && u32::from(o.start) <= u32::from(self.end)
+    }
+}
+
+impl std::fmt::Display for Range {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.start, self.end)
+    }
+}
+
+/// The libvirt network.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    /// libvirt network name. libvirt's own `default` is reused when it holds the
+    /// subnet; any other name is defined (and later removed) by hearth.
+    pub name: String,
+    /// Subnet.
+    pub cidr: Cidr,
+    /// Gateway (the host's bridge address).
+    pub gateway: Ipv4Addr,
+    /// Addresses dnsmasq hands out to other machines.
+    pub dhcp: Range,
+}
+
+/// A node's role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Runs `kubeadm init`.
+    ControlPlane,
+    /// Runs `kubeadm join`.
+    Worker,
+}
+
+/// One VM.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSpec {
+    /// Host name and libvirt domain name suffix (a DNS label).
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// Fixed address.
+    pub ip: Ipv4Addr,
+    /// Virtual CPUs.
+    pub vcpus: u32,
+    /// Memory in MiB.
+    pub memory_mib: u64,
+    /// Disk size in GiB (the overlay's virtual size).
+    pub disk_gib: u64,
+}
+
+/// The cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    /// Exact Kubernetes version (`v1.29.15`).
+    pub kubernetes_version: String,
+    /// Pod network (Flannel's).
+    pub pod_cidr: Cidr,
+    /// Service network.
+    pub service_cidr: Cidr,
+    /// MetalLB's address pool.
+    pub metallb_pool: Range,
+    /// Cluster DNS domain.
+    pub dns_domain: String,
+}
+
+/// A whole appliance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Appliance {
+    /// Name; prefixes every libvirt object hearth makes (a DNS label).
+    pub name: String,
+    /// libvirt connection URI.
+    pub libvirt_uri: String,
+    /// Recipe of the node image.
+    pub recipe: PathBuf,
+    /// Where overlays and seeds go.
+    pub storage_dir: PathBuf,
+    /// SSH public key put in every node (default `~/.ssh/id_ed25519.pub`).
+    #[serde(default)]
+    pub ssh_public_key: Option<PathBuf>,
+    /// The network.
+    pub network: Network,
+    /// The cluster.
+    pub cluster: Cluster,
+    /// The VMs.
+    pub nodes: Vec<NodeSpec>,
+}
+
+fn ip(a: u8, b: u8, c: u8, d: u8) -> Ipv4Addr {
+    Ipv4Addr::new(a, b, c, d)
+}
+
+impl Default for Appliance {
+    fn default() -> Self {
+        let node = |name: &str, role, last, vcpus, memory_mib, disk_gib| NodeSpec {
+            name: name.into(),
+            role,
+            ip: ip(192, 168, 122, last),
+            vcpus,
+            memory_mib,
+            disk_gib,
+        };
+        Appliance {
+            name: "k8s-myhome".into(),
+            libvirt_uri: "qemu:///system".into(),
+            recipe: "images/ubuntu-24.04-k8s-1.29.toml".into(),
+            storage_dir: "/mnt/k8s-storage".into(),
+            ssh_public_key: None,
+            network: Network {
+                name: "default".into(),
+                cidr: Cidr { addr: ip(192, 168, 122, 0), len: 24 },
+                gateway: ip(192, 168, 122, 1),
+                dhcp: Range { start: ip(192, 168, 122, 151), end: ip(192, 168, 122, 254) },
+            },
+            cluster: Cluster {
+                kubernetes_version: "v1.29.15".into(),
+                pod_cidr: Cidr { addr: ip(10, 244, 0, 0), len: 16 },
+                service_cidr: Cidr { addr: ip(10, 96, 0, 0), len: 12 },
+                metallb_pool: Range { start: ip(192, 168, 122, 100), end: ip(192, 168, 122, 150) },
+                dns_domain: "cluster.local".into(),
+            },
+            nodes: vec![
+                node("k8s-control-plane", Role::ControlPlane, 10, 4, 8192, 50),
+                node("k8s-worker-1", Role::Worker, 11, 2, 4096, 30),
+                node("k8s-worker-2", Role::Worker, 12, 2, 4096, 30),
+            ],
+        }
+    }
+}
+
+/// Errors of reading a spec.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    /// TOML or a value (with line and column).
+    #[error("{}", .0.to_string().trim_end())]
+    Parse(#[from] toml::de::Error),
+    /// Problems found by validation, one per line.
+    #[error("the appliance is not valid:\n  {}", .0.join("\n  "))]
+    Invalid(Vec<String>),
+}
+
+/// Parses an `appliance.toml`.
+pub fn parse_spec(text: &str) -> Result<Appliance, SpecError> {
+    let a: Appliance = toml::from_str(text)?;
+    a.validate()?;
+    Ok(a)
+}
+
+/// Whether `s` is a DNS label (RFC 1123: lower-case letters, digits, `-`, at most 63).
+pub fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+impl Appliance {
+    /// The control plane node.
+    pub fn control_plane(&self) -> &NodeSpec {
+        self.nodes.iter().find(|n| n.role == Role::ControlPlane).expect("validated: one control plane")
+    }
+
+    /// `<ip>:6443` of the control plane.
+    pub fn api_endpoint(&self) -> String {
+        format!("{}:6443", self.control_plane().ip)
+    }
+
+    /// The libvirt domain name of a node.
+    pub fn domain_name(&self, node: &NodeSpec) -> String {
+        format!("{}-{}", self.name, node.name)
+    }
+
+    /// Every problem with the spec, or Ok.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let mut p = Vec::new();
+        let net = &self.network;
+        if !is_dns_label(&self.name) {
+            p.push(format!("appliance name `{}` is not a DNS label (a-z, 0-9, `-`, at most 63)", self.name));
+        }
+        if !net.cidr.contains(net.gateway) {
+            p.push(format!("gateway {} is outside {}", net.gateway, String::from(net.cidr)));
+        }
+        for end in [net.dhcp.start, net.dhcp.end] {
+            if !net.cidr.contains(end) {
+                p.push(format!("DHCP range {} is outside {}", net.dhcp, String::from(net.cidr)));
+                break;
+            }
+        }
+        let pool = &self.cluster.metallb_pool;
+        if !net.cidr.contains(pool.start) || !net.cidr.contains(pool.end) {
+            p.push(format!("MetalLB pool {pool} is outside {}", String::from(net.cidr)));
+        }
+        if pool.overlaps(&net.dhcp) {
+            p.push(format!("MetalLB pool {pool} overlaps the DHCP range {}", net.dhcp));
+        }
+        if pool.contains(net.gateway) {
+            p.push(format!("MetalLB pool {pool} contains the gateway {}", net.gateway));
+        }
+        let cps = self.nodes.iter().filter(|n| n.role == Role::ControlPlane).count();
+        if cps != 1 {
+            p.push(format!("there must be exactly one control plane, found {cps}"));
+        }
+        let mut names = BTreeSet::new();
+        let mut ips = BTreeSet::new();
+        for n in &self.nodes {
+            let who = format!("node `{}`", n.name);
+            if !is_dns_label(&n.name) {
+                p.push(format!("{who}: the name is not a DNS label (a-z, 0-9, `-`, at most 63)"));
+            }
+            if !names.insert(&n.name) {
+                p.push(format!("{who}: the name is used twice"));
+            }
+            if !ips.insert(n.ip) {
+                p.push(format!("{who}: {} is used twice", n.ip));
+            }
+            if !net.cidr.contains(n.ip) {
+                p.push(format!("{who}: {} is outside the network {}", n.ip, String::from(net.cidr)));
+            }
+            if n.ip == net.gateway {
+                p.push(format!("{who}: {} is the gateway", n.ip));
+            }
+            if pool.contains(n.ip) {
+                p.push(format!("{who}: {} is inside the MetalLB pool {pool}", n.ip));
+            }
+            if net.dhcp.contains(n.ip) {
+                p.push(format!("{who}: {} is inside the DHCP range {}", n.ip, net.dhcp));
+            }
+            let (min_mib, min_cpu) = match n.role {
+                Role::ControlPlane => (MIN_CONTROL_PLANE_MIB, MIN_CONTROL_PLANE_VCPUS),
+                Role::Worker => (MIN_WORKER_MIB, 1),
+            };
+            if n.memory_mib < min_mib {
+                p.push(format!(
+                    "{who}: {} MiB of memory is too little for kubeadm (at least {min_mib} MiB)",
+                    n.memory_mib
+                ));
+            }
+            if n.vcpus < min_cpu {
+                p.push(format!("{who}: {} vCPU is too few for kubeadm (at least {min_cpu})", n.vcpus));
+            }
+            if n.disk_gib < 10 {
+                p.push(format!("{who}: a {} GiB disk is too small (at least 10 GiB)", n.disk_gib));
+            }
+        }
+        let c = &self.cluster;
+        if c.pod_cidr.overlaps(&c.service_cidr) {
+            p.push(format!(
+                "pod CIDR {} overlaps service CIDR {}",
+                String::from(c.pod_cidr),
+                String::from(c.service_cidr)
+            ));
+        }
+        for (what, cidr) in [("pod", c.pod_cidr), ("service", c.service_cidr)] {
+            if cidr.overlaps(&net.cidr) {
+                p.push(format!(
+                    "{what} CIDR {} overlaps the node network {}",
+                    String::from(cidr),
+                    String::from(net.cidr)
+                ));
+            }
+        }
+        if !c.kubernetes_version.starts_with('v') || c.kubernetes_version.split('.').count() != 3 {
+            p.push(format!("kubernetes_version `{}` must be exact, like v1.29.15", c.kubernetes_version));
+        }
+        if p.is_empty() { Ok(()) } else { Err(SpecError::Invalid(p)) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(edit: impl FnOnce(&mut Appliance)) -> String {
+        let mut a = Appliance::default();
+        edit(&mut a);
+        a.validate().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn the_default_is_the_seed_layout_and_valid() {
+        let a = Appliance::default();
+        a.validate().unwrap();
+        assert_eq!(a.api_endpoint(), "192.168.122.10:6443");
+        assert_eq!(a.domain_name(&a.nodes[1]), "k8s-myhome-k8s-worker-1");
+        let text = toml::to_string(&a).unwrap();
+        assert_eq!(parse_spec(&text).unwrap(), a, "round trip:\n{text}");
+    }
+
+    #[test]
+    fn every_validation_error_names_its_cause() {
+        let cases: Vec<(Box<dyn FnOnce(&mut Appliance)>, &str)> = vec![
+            (
+                Box::new(|a| a.nodes[1].ip = ip(10, 0, 0, 5)),
+                "node `k8s-worker-1`: 10.0.0.5 is outside the network 192.168.122.0/24",
+            ),
+            (Box::new(|a| a.nodes[2].ip = a.nodes[1].ip), "node `k8s-worker-2`: 192.168.122.11 is used twice"),
+            (Box::new(|a| a.nodes[2].name = a.nodes[1].name.clone()), "node `k8s-worker-1`: the name is used twice"),
+            (
+                Box::new(|a| a.nodes[0].name = "Control_Plane".into()),
+                "node `Control_Plane`: the name is not a DNS label",
+            ),
+            (
+                Box::new(|a| a.nodes[1].ip = ip(192, 168, 122, 120)),
+                "node `k8s-worker-1`: 192.168.122.120 is inside the MetalLB pool 192.168.122.100-192.168.122.150",
+            ),
+            (
+                Box::new(|a| a.nodes[1].ip = ip(192, 168, 122, 200)),
+                "is inside the DHCP range 192.168.122.151-192.168.122.254",
+            ),
+            (
+                Box::new(|a| a.network.dhcp = Range { start: ip(192, 168, 122, 2), end: ip(192, 168, 122, 254) }),
+                "MetalLB pool 192.168.122.100-192.168.122.150 overlaps the DHCP range 192.168.122.2-192.168.122.254",
+            ),
+            (
+                Box::new(|a| a.nodes[0].memory_mib = 1024),
+                "node `k8s-control-plane`: 1024 MiB of memory is too little for kubeadm (at least 1700 MiB)",
+            ),
+            (
+                Box::new(|a| a.nodes[0].vcpus = 1),
+                "node `k8s-control-plane`: 1 vCPU is too few for kubeadm (at least 2)",
+            ),
+            (Box::new(|a| a.nodes[0].role = Role::Worker), "there must be exactly one control plane, found 0"),
+            (Box::new(|a| a.name = "my home".into()), "appliance name `my home` is not a DNS label"),
+            (
+                Box::new(|a| a.cluster.pod_cidr = Cidr { addr: ip(10, 96, 0, 0), len: 16 }),
+                "pod CIDR 10.96.0.0/16 overlaps service CIDR 10.96.0.0/12",
+            ),
+        ];
+        for (edit, needle) in cases {
+            let e = problems(edit);
+            assert!(e.contains(needle), "expected {needle:?} in:\n{e}");
+        }
+    }
+
+    #[test]
+    fn bad_values_point_at_their_line() {
+        let mut text = toml::to_string(&Appliance::default()).unwrap();
+        text = text.replace("cidr = \"192.168.122.0/24\"", "cidr = \"192.168.122.7/24\"");
+        let e = parse_spec(&text).unwrap_err().to_string();
+        assert!(e.contains("line") && e.contains("has host bits set"), "{e}");
+    }
+}
