@@ -4,4 +4,5 @@
 
 #![warn(missing_docs)]
 
+pub mod pki;
 pub mod spec;

@@ -1,0 +1,69 @@
+//! The PKI judged by openssl: RSA 2048 CAs, the CA pin equal to what kubeadm's
+//! documented openssl pipeline computes, client certificates that verify.
+
+#![allow(clippy::print_stderr)]
+
+use std::process::{Command, Stdio};
+
+use hearth_appliance::pki::Pki;
+
+fn openssl(args: &[&str], stdin: Option<&[u8]>) -> Vec<u8> {
+    let mut child = Command::new("openssl")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openssl");
+    if let Some(input) = stdin {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(input).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
+#[test]
+fn ca_hash_matches_openssl_and_certificates_verify() {
+    if Command::new("openssl").arg("version").output().is_err() {
+        let required = std::env::var_os("CI").is_some() || std::env::var_os("HEARTH_REQUIRE_TOOLS").is_some();
+        assert!(!required, "openssl is required here");
+        eprintln!("SKIPPED: openssl is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::load_or_create(dir.path()).unwrap();
+    let ca = dir.path().join("pki/ca.crt");
+    let ca_s = ca.to_str().unwrap();
+    // openssl x509 -pubkey -noout | openssl pkey -pubin -outform der | sha256sum
+    let pubkey = openssl(&["x509", "-in", ca_s, "-pubkey", "-noout"], None);
+    let der = openssl(&["pkey", "-pubin", "-outform", "der"], Some(&pubkey));
+    let digest = openssl(&["dgst", "-sha256", "-r"], Some(&der));
+    let hex = String::from_utf8_lossy(&digest).split_whitespace().next().unwrap().to_owned();
+    assert_eq!(pki.ca_cert_hash().unwrap(), format!("sha256:{hex}"));
+
+    let text = String::from_utf8(openssl(&["x509", "-in", ca_s, "-noout", "-text"], None)).unwrap();
+    assert!(text.contains("Public-Key: (2048 bit)") && text.contains("CA:TRUE"), "{text}");
+    assert!(text.contains("Subject: CN = kubernetes") || text.contains("Subject: CN=kubernetes"), "{text}");
+    for (rel, cn) in [("pki/front-proxy-ca.crt", "front-proxy-ca"), ("pki/etcd/ca.crt", "etcd-ca")] {
+        let t = String::from_utf8(openssl(
+            &["x509", "-in", dir.path().join(rel).to_str().unwrap(), "-noout", "-subject"],
+            None,
+        ))
+        .unwrap();
+        assert!(t.contains(cn), "{t}");
+    }
+    let sa = String::from_utf8(openssl(
+        &["pkey", "-in", dir.path().join("pki/sa.key").to_str().unwrap(), "-noout", "-text"],
+        None,
+    ))
+    .unwrap();
+    assert!(sa.contains("2048 bit"), "{sa}");
+
+    let (cert, _key) = pki.client_cert("kubernetes-admin", "system:masters").unwrap();
+    let client = dir.path().join("admin.crt");
+    std::fs::write(&client, cert).unwrap();
+    let verified = openssl(&["verify", "-CAfile", ca_s, client.to_str().unwrap()], None);
+    assert!(String::from_utf8_lossy(&verified).contains(": OK"));
+}
