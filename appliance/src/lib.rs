@@ -4,5 +4,6 @@
 
 #![warn(missing_docs)]
 
+pub mod kubeadm;
 pub mod pki;
 pub mod spec;
