@@ -28,7 +28,12 @@ if [ "$want_tests" = 1 ]; then
     mmdebstrap       # makes the Debian fixture base (as root)
     qemu-system-x86  # boots built images under TCG
     genisoimage      # NoCloud seeds for the boot test
+    cloud-init       # `cloud-init schema` validates generated user-data
   )
+  # cloud-init is wanted for its schema check only: never let it act on this host.
+  if [ ! -e /etc/cloud/cloud-init.disabled ]; then
+    $sudo mkdir -p /etc/cloud && $sudo touch /etc/cloud/cloud-init.disabled
+  fi
 fi
 
 missing_packages() {

@@ -4,6 +4,8 @@
 
 #![warn(missing_docs)]
 
+pub mod cloudinit;
 pub mod kubeadm;
 pub mod pki;
+pub mod seed;
 pub mod spec;

@@ -4,8 +4,9 @@
 
 use std::path::PathBuf;
 
-use hearth_appliance::kubeadm;
+use hearth_appliance::pki::{Ca, Pki};
 use hearth_appliance::spec::Appliance;
+use hearth_appliance::{kubeadm, seed};
 
 /// A fixed token and CA pin, so that the snapshots are stable.
 const TOKEN: &str = "abcdef.0123456789abcdef";
@@ -31,4 +32,30 @@ fn kubeadm_documents() {
     let a = Appliance::default();
     check("kubeadm-init.yaml", &kubeadm::init_config(&a, TOKEN));
     check("kubeadm-join-k8s-worker-1.yaml", &kubeadm::join_config(&a, &a.nodes[1], TOKEN, CA_HASH));
+}
+
+/// A PKI with placeholder contents (snapshots must not hold real keys).
+fn fake_pki() -> Pki {
+    let ca = |n: &str| Ca { cert_pem: format!("-----CERT {n}-----\n"), key_pem: format!("-----KEY {n}-----\n") };
+    Pki {
+        ca: ca("ca"),
+        front_proxy_ca: ca("front-proxy-ca"),
+        etcd_ca: ca("etcd-ca"),
+        sa_key_pem: "-----KEY sa-----\n".into(),
+        sa_pub_pem: "-----PUB sa-----\n".into(),
+        token: TOKEN.into(),
+    }
+}
+
+#[test]
+fn seeds() {
+    let a = Appliance::default();
+    let pki = fake_pki();
+    for node in &a.nodes {
+        let s =
+            seed::node_seed(&a, node, &pki, CA_HASH, 1, Some("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITESTKEY user@host"));
+        check(&format!("seed-{}-meta-data.yaml", node.name), &s.meta_data);
+        check(&format!("seed-{}-network-config.yaml", node.name), &s.network_config);
+        check(&format!("seed-{}-user-data.yaml", node.name), &s.user_data);
+    }
 }
