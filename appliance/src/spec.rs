@@ -384,7 +384,8 @@ mod tests {
 
     #[test]
     fn every_validation_error_names_its_cause() {
-        let cases: Vec<(Box<dyn FnOnce(&mut Appliance)>, &str)> = vec![
+        type Edit = Box<dyn FnOnce(&mut Appliance)>;
+        let cases: Vec<(Edit, &str)> = vec![
             (
                 Box::new(|a| a.nodes[1].ip = ip(10, 0, 0, 5)),
                 "node `k8s-worker-1`: 10.0.0.5 is outside the network 192.168.122.0/24",
