@@ -29,6 +29,8 @@ if [ "$want_tests" = 1 ]; then
     qemu-system-x86  # boots built images under TCG
     genisoimage      # NoCloud seeds for the boot test
     cloud-init       # `cloud-init schema` validates generated user-data
+    libvirt-clients  # virsh (test:///default driver) and virt-xml-validate judge the XML
+    libxml2-utils    # xmllint, which virt-xml-validate runs
   )
   # cloud-init is wanted for its schema check only: never let it act on this host.
   if [ ! -e /etc/cloud/cloud-init.disabled ]; then

@@ -9,3 +9,4 @@ pub mod kubeadm;
 pub mod pki;
 pub mod seed;
 pub mod spec;
+pub mod xml;

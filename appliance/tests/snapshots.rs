@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use hearth_appliance::pki::{Ca, Pki};
 use hearth_appliance::spec::Appliance;
-use hearth_appliance::{kubeadm, seed};
+use hearth_appliance::{kubeadm, seed, xml};
 
 /// A fixed token and CA pin, so that the snapshots are stable.
 const TOKEN: &str = "abcdef.0123456789abcdef";
@@ -58,4 +58,27 @@ fn seeds() {
         check(&format!("seed-{}-network-config.yaml", node.name), &s.network_config);
         check(&format!("seed-{}-user-data.yaml", node.name), &s.user_data);
     }
+}
+
+#[test]
+fn libvirt_xml() {
+    let a = Appliance::default();
+    check("network.xml", &xml::network(&a));
+    let node = &a.nodes[0];
+    let dir = std::path::Path::new("/mnt/k8s-storage");
+    let files = xml::NodeFiles {
+        disk: &dir.join("k8s-myhome-k8s-control-plane.qcow2"),
+        seed: &dir.join("k8s-myhome-k8s-control-plane.seed.img"),
+        console_log: &dir.join("k8s-myhome-k8s-control-plane.console.log"),
+    };
+    let kernel = std::path::Path::new("/var/lib/hearth/store/0000-image/vmlinuz");
+    let initrd = std::path::Path::new("/var/lib/hearth/store/0000-image/initrd.img");
+    check(
+        "domain-k8s-control-plane.xml",
+        &xml::domain(&a, node, &files, &xml::Boot::Kernel { kernel, initrd }, "kvm", 1),
+    );
+    check(
+        "domain-k8s-worker-1-tcg-firmware.xml",
+        &xml::domain(&a, &a.nodes[1], &files, &xml::Boot::Firmware, "qemu", 2),
+    );
 }
