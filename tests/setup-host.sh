@@ -17,6 +17,7 @@ packages=(
   qemu-utils      # qemu-img: qcow2 checks and conversions
   e2fsprogs       # e2fsck -fn judges the ext4 writer
   gdisk           # sgdisk -v judges the GPT writer
+  libvirt-dev     # the virt crate links libvirt (LGPL-2.1)
 )
 if [ "$want_tests" = 1 ]; then
   packages+=(
