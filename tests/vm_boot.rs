@@ -119,6 +119,28 @@ digest = "{image_digest}"
     let r = env.run(&["build", recipe.to_str().unwrap()]).ok();
     eprintln!("build on the Debian fixture: {:.1} s", built.elapsed().as_secs_f64());
     let entry = PathBuf::from(r.stdout.trim());
+    // The root file system of the image built from the real Debian tree passes e2fsck.
+    let raw = env.path("image.raw");
+    run(Command::new("qemu-img").args(["convert", "-O", "raw"]).arg(entry.join("disk.qcow2")).arg(&raw));
+    let disk = std::fs::File::open(&raw).unwrap();
+    let len = disk.metadata().unwrap().len();
+    let table = hearth_builder::format::gpt::Gpt::read(&mut std::fs::File::open(&raw).unwrap(), len).unwrap();
+    let root = table.partition(1).unwrap();
+    let mut bytes = vec![0u8; (root.sectors() * 512) as usize];
+    std::os::unix::fs::FileExt::read_exact_at(&disk, &mut bytes, root.first_lba * 512).unwrap();
+    let root_img = env.path("root.ext4");
+    std::fs::write(&root_img, bytes).unwrap();
+    let fsck = Command::new("e2fsck").arg("-fn").arg(&root_img).output().unwrap();
+    assert!(
+        fsck.status.success(),
+        "e2fsck -fn on the Debian image:\n{}{}",
+        String::from_utf8_lossy(&fsck.stdout),
+        String::from_utf8_lossy(&fsck.stderr)
+    );
+    assert!(Command::new("sgdisk").arg("-v").arg(&raw).output().unwrap().status.success());
+    drop(disk);
+    let _ = std::fs::remove_file(&raw);
+    let _ = std::fs::remove_file(&root_img);
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(entry.join("manifest.json")).unwrap()).unwrap();
     let image_root: u64 = manifest["info"]["root-bytes"].as_str().unwrap().parse().unwrap();

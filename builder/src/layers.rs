@@ -684,6 +684,29 @@ mod tests {
         assert!(e.contains("is a device node"), "{e}");
         let e = unpack(&[("./big", Regular, b"0123456789")], 5).unwrap_err().to_string();
         assert!(e.contains("declares 10 bytes"), "{e}");
+        // A header declaring 1 TiB with no data behind it: refused before reading.
+        let mut h = tar::Header::new_gnu();
+        h.set_path("./huge").unwrap();
+        h.set_size(1 << 40);
+        h.set_mode(0o644);
+        h.set_cksum();
+        let mut bytes = h.as_bytes().to_vec();
+        bytes.extend_from_slice(&[0u8; 1024]);
+        let dir = tempfile::tempdir().unwrap();
+        let mut spill = Spill::create(&dir.path().join("spill")).unwrap();
+        let mut tree = Tree::default();
+        let u = Unpack {
+            origin: "package `evil`",
+            prefix: "/",
+            strip: 0,
+            include: &[],
+            allow_devices: false,
+            force_owner: None,
+            max_file: 10 << 30,
+        };
+        let e = unpack_tar(&mut tree, &mut spill, &bytes[..], &u).unwrap_err().to_string();
+        assert!(e.contains("member `huge` declares 1099511627776 bytes"), "{e}");
+        assert_eq!(spill.len(), 0, "nothing was read into the spill file");
     }
 
     #[test]
