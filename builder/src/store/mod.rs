@@ -414,9 +414,9 @@ impl Store {
         found.ok_or_else(|| StoreError::Missing(text.to_owned()))
     }
 
-    /// Takes the lock for a hash part, blocking; `on_wait` is called once if another
-    /// process holds it.
-    pub fn lock(&self, hash: &str, on_wait: impl FnOnce()) -> Result<EntryLock> {
+    /// The lock file of a hash part (created if missing; never deleted, so that
+    /// two processes always lock the same inode).
+    fn lock_file(&self, hash: &str) -> Result<(File, PathBuf)> {
         let path = self.root.join(LOCK_DIR).join(format!("{hash}.lock"));
         let file = File::options()
             .create(true)
@@ -424,6 +424,13 @@ impl Store {
             .write(true)
             .open(&path)
             .map_err(io_err("opening lock", &path))?;
+        Ok((file, path))
+    }
+
+    /// Takes the lock for a hash part, blocking; `on_wait` is called once if another
+    /// process holds it.
+    pub fn lock(&self, hash: &str, on_wait: impl FnOnce()) -> Result<EntryLock> {
+        let (file, path) = self.lock_file(hash)?;
         match file.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => {
@@ -615,13 +622,7 @@ impl Store {
         if let Some((hash, _)) = name.split_once('-')
             && hash.len() == 32
         {
-            let path = self.root.join(LOCK_DIR).join(format!("{hash}.lock"));
-            let file = File::options()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&path)
-                .map_err(io_err("opening lock", &path))?;
+            let (file, _) = self.lock_file(hash)?;
             return match file.try_lock() {
                 Ok(()) => Ok(Some(Some(EntryLock { _file: file }))),
                 Err(_) => Ok(None),
