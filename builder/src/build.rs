@@ -631,3 +631,30 @@ fn apply_layers(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::recipe::{LoadedRecipe, Lock, parse_recipe};
+
+    fn loaded(text: &str) -> LoadedRecipe {
+        LoadedRecipe {
+            path: PathBuf::from("/nonexistent/r.toml"),
+            lock_path: PathBuf::from("/nonexistent/r.lock"),
+            recipe: parse_recipe(text).unwrap(),
+            lock: Lock::default(),
+            text: text.to_owned(),
+        }
+    }
+
+    #[test]
+    fn the_key_ignores_layout_and_comments_but_not_values() {
+        let text = "name = \"x\"\n[output]\nvirtual_size = \"1GiB\"\nepoch = 5\n[base]\nname = \"b\"\n\
+                    urls = [\"http://127.0.0.1:1/b\"]\nsha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"\nformat = \"raw\"\n";
+        let a = key_document(&loaded(text), &[]).unwrap();
+        let commented = format!("# a comment that moves every line\n\n{text}");
+        assert_eq!(a, key_document(&loaded(&commented), &[]).unwrap());
+        let changed = text.replace("epoch = 5", "epoch = 6");
+        assert_ne!(a, key_document(&loaded(&changed), &[]).unwrap());
+    }
+}
