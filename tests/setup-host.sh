@@ -18,6 +18,7 @@ packages=(
   e2fsprogs       # e2fsck -fn judges the ext4 writer
   gdisk           # sgdisk -v judges the GPT writer
   libvirt-dev     # the virt crate links libvirt (LGPL-2.1)
+  genisoimage     # NoCloud seed images (label cidata)
 )
 if [ "$want_tests" = 1 ]; then
   packages+=(
@@ -28,7 +29,6 @@ if [ "$want_tests" = 1 ]; then
     nix-bin          # nix-instantiate --parse checks flake.nix
     mmdebstrap       # makes the Debian fixture base (as root)
     qemu-system-x86  # boots built images under TCG
-    genisoimage      # NoCloud seeds for the boot test
     cloud-init       # `cloud-init schema` validates generated user-data
     libvirt-clients  # virsh (test:///default driver) and virt-xml-validate judge the XML
     libxml2-utils    # xmllint, which virt-xml-validate runs

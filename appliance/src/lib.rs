@@ -6,6 +6,7 @@
 
 pub mod cloudinit;
 pub mod kubeadm;
+pub mod launch;
 pub mod libvirt;
 pub mod pki;
 pub mod seed;

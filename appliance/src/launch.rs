@@ -1,0 +1,187 @@
+//! Host-side preparation and launch of an appliance: PKI, one thin qcow2
+//! overlay per node backed by the store image, one NoCloud seed per node (an
+//! ISO 9660 image labelled `cidata`, attached as a virtio disk), the network,
+//! and the domains. Reinstall = destroy the domains, overlays and seeds, keep
+//! the PKI and the image, prepare the next generation, launch again: nothing
+//! here touches the network beyond libvirt's own.
+//!
+//! Phases of [`prepare`]: PKI (load or create) -> per node: overlay, seed,
+//! domain XML. [`launch`] then ensures the network and defines and starts the
+//! domains.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use hearth_builder::cmd::{self, CmdError};
+
+use crate::libvirt::{Libvirt, LibvirtError, NetworkUse};
+use crate::pki::{Pki, PkiError};
+use crate::seed;
+use crate::spec::Appliance;
+use crate::xml;
+
+/// Errors of preparing or launching.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// The PKI.
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    /// qemu-img or genisoimage.
+    #[error(transparent)]
+    Cmd(#[from] CmdError),
+    /// libvirt.
+    #[error(transparent)]
+    Libvirt(#[from] LibvirtError),
+    /// A file.
+    #[error("{op} `{}`", path.display())]
+    Io {
+        /// What.
+        op: &'static str,
+        /// Which.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> LaunchError + 'a {
+    move |source| LaunchError::Io { op, path: path.to_owned(), source }
+}
+
+/// The image a node boots: the store entry's files.
+#[derive(Clone, Debug)]
+pub struct Image {
+    /// `disk.qcow2`.
+    pub disk: PathBuf,
+    /// `vmlinuz`.
+    pub kernel: PathBuf,
+    /// `initrd.img`.
+    pub initrd: PathBuf,
+}
+
+impl Image {
+    /// The files of an image entry directory.
+    pub fn in_entry(dir: &Path) -> Image {
+        Image { disk: dir.join("disk.qcow2"), kernel: dir.join("vmlinuz"), initrd: dir.join("initrd.img") }
+    }
+}
+
+/// One prepared node.
+#[derive(Clone, Debug)]
+pub struct NodePlan {
+    /// Node name.
+    pub node: String,
+    /// libvirt domain name.
+    pub domain: String,
+    /// Overlay disk.
+    pub disk: PathBuf,
+    /// Seed image.
+    pub seed: PathBuf,
+    /// Serial console log.
+    pub console_log: PathBuf,
+    /// Domain XML.
+    pub xml: String,
+}
+
+/// How to prepare.
+#[derive(Clone, Debug)]
+pub struct Options<'a> {
+    /// The appliance's state directory (PKI, token, generation).
+    pub state: &'a Path,
+    /// Where overlays, seeds and console logs go.
+    pub storage: &'a Path,
+    /// Reinstall counter: part of each node's instance id.
+    pub generation: u32,
+    /// The user's SSH public key.
+    pub ssh_key: Option<&'a str>,
+    /// `kvm`, or `qemu` for TCG.
+    pub domain_type: &'a str,
+}
+
+/// Prepares every node's files (overlays and seeds are made anew).
+pub fn prepare(a: &Appliance, image: &Image, o: &Options) -> Result<Vec<NodePlan>, LaunchError> {
+    let pki = Pki::load_or_create(o.state)?;
+    let ca_hash = pki.ca_cert_hash()?;
+    fs::create_dir_all(o.storage).map_err(io("creating", o.storage))?;
+    let mut plans = Vec::new();
+    for node in &a.nodes {
+        let domain = a.domain_name(node);
+        let disk = o.storage.join(format!("{domain}.qcow2"));
+        let seed_img = o.storage.join(format!("{domain}.seed.iso"));
+        let console_log = o.storage.join(format!("{domain}.console.log"));
+        for old in [&disk, &seed_img] {
+            match fs::remove_file(old) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io("removing", old)(e)),
+                _ => {}
+            }
+        }
+        cmd::run(
+            Command::new("qemu-img")
+                .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+                .arg(&image.disk)
+                .arg(&disk)
+                .arg(format!("{}G", node.disk_gib)),
+        )?;
+        // The seed holds secrets (the token; on the control plane the CA keys).
+        let docs = seed::node_seed(a, node, &pki, &ca_hash, o.generation, o.ssh_key);
+        let dir = o.state.join("seeds").join(&node.name);
+        fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(io("protecting", &dir))?;
+        for (name, body) in
+            [("meta-data", &docs.meta_data), ("network-config", &docs.network_config), ("user-data", &docs.user_data)]
+        {
+            let p = dir.join(name);
+            fs::write(&p, body).map_err(io("writing", &p))?;
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).map_err(io("protecting", &p))?;
+        }
+        cmd::run(
+            Command::new("genisoimage")
+                .args(["-quiet", "-output"])
+                .arg(&seed_img)
+                .args(["-volid", "cidata", "-joliet", "-rock"])
+                .arg(dir.join("user-data"))
+                .arg(dir.join("meta-data"))
+                .arg(dir.join("network-config")),
+        )?;
+        fs::set_permissions(&seed_img, fs::Permissions::from_mode(0o600)).map_err(io("protecting", &seed_img))?;
+        let files = xml::NodeFiles { disk: &disk, seed: &seed_img, console_log: &console_log };
+        let boot = xml::Boot::Kernel { kernel: &image.kernel, initrd: &image.initrd };
+        let xml_text = xml::domain(a, node, &files, &boot, o.domain_type, o.generation);
+        plans.push(NodePlan { node: node.name.clone(), domain, disk, seed: seed_img, console_log, xml: xml_text });
+    }
+    Ok(plans)
+}
+
+/// Ensures the network, then defines and starts every prepared domain.
+pub fn launch(lv: &Libvirt, a: &Appliance, plans: &[NodePlan]) -> Result<NetworkUse, LaunchError> {
+    let net = lv.ensure_network(a)?;
+    for p in plans {
+        lv.define_and_start(&a.name, &p.domain, &p.xml)?;
+    }
+    Ok(net)
+}
+
+/// Removes the domains and their overlays and seeds (and, unless `keep_network`,
+/// hearth's network or reservations). The PKI and the image stay.
+pub fn teardown(
+    lv: &Libvirt,
+    a: &Appliance,
+    storage: &Path,
+    keep_network: bool,
+) -> Result<crate::libvirt::Removed, LaunchError> {
+    let removed = lv.destroy(a, keep_network)?;
+    for node in &a.nodes {
+        let domain = a.domain_name(node);
+        for suffix in ["qcow2", "seed.iso"] {
+            let p = storage.join(format!("{domain}.{suffix}"));
+            match fs::remove_file(&p) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io("removing", &p)(e)),
+                _ => {}
+            }
+        }
+    }
+    Ok(removed)
+}

@@ -1,0 +1,100 @@
+//! Host-side launch and reinstall against libvirt's `test:///default` driver:
+//! overlays backed by the image (qemu-img), seeds labelled `cidata` holding the
+//! three documents (isoinfo), secrets 0600, domains defined and running; a
+//! reinstall keeps the PKI and changes the instance id. The guests themselves
+//! are not run here (the test driver simulates them).
+
+#![allow(clippy::print_stderr)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+
+use hearth_appliance::launch::{self, Image, Options};
+use hearth_appliance::libvirt::Libvirt;
+use hearth_appliance::pki::Pki;
+use hearth_appliance::spec::Appliance;
+
+fn tools() -> bool {
+    ["qemu-img", "genisoimage", "isoinfo"].iter().all(|t| {
+        let ok = Command::new(t).arg("--version").output().is_ok();
+        if !ok {
+            let required = std::env::var_os("CI").is_some() || std::env::var_os("HEARTH_REQUIRE_TOOLS").is_some();
+            assert!(!required, "`{t}` is required here but is not installed");
+            eprintln!("SKIPPED: `{t}` is not installed");
+        }
+        ok
+    })
+}
+
+fn out(cmd: &mut Command) -> String {
+    let o = cmd.output().unwrap();
+    assert!(o.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn prepare_launch_and_reinstall() {
+    if !tools() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let entry = dir.path().join("image");
+    std::fs::create_dir_all(&entry).unwrap();
+    out(Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(entry.join("disk.qcow2")).arg("1G"));
+    std::fs::write(entry.join("vmlinuz"), b"kernel").unwrap();
+    std::fs::write(entry.join("initrd.img"), b"initrd").unwrap();
+    let image = Image::in_entry(&entry);
+    let (state, storage) = (dir.path().join("state"), dir.path().join("storage"));
+    let a = Appliance::default();
+    let opts = |generation| Options {
+        state: &state,
+        storage: &storage,
+        generation,
+        ssh_key: Some("ssh-ed25519 AAAAtest u@h"),
+        domain_type: "qemu",
+    };
+
+    let plans = launch::prepare(&a, &image, &opts(1)).unwrap();
+    assert_eq!(plans.len(), 3);
+    for p in &plans {
+        let info = out(Command::new("qemu-img").args(["info", "--output=json"]).arg(&p.disk));
+        assert!(info.contains("\"backing-filename\"") && info.contains("disk.qcow2"), "{info}");
+        assert!(
+            info.contains(&format!(
+                "\"virtual-size\": {}",
+                if p.node == "k8s-control-plane" { 50u64 << 30 } else { 30u64 << 30 }
+            )),
+            "{info}"
+        );
+        let pvd = out(Command::new("isoinfo").arg("-d").arg("-i").arg(&p.seed));
+        assert!(pvd.contains("Volume id: cidata"), "{pvd}");
+        let files = out(Command::new("isoinfo").args(["-f", "-R", "-i"]).arg(&p.seed));
+        for f in ["/meta-data", "/network-config", "/user-data"] {
+            assert!(files.lines().any(|l| l == f), "{f} missing from the seed: {files}");
+        }
+        let mode = std::fs::metadata(&p.seed).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the seed holds secrets");
+        assert!(
+            p.xml.contains(&p.disk.display().to_string())
+                && p.xml.contains("<type arch='x86_64' machine='q35'>hvm</type>")
+        );
+    }
+    let meta = out(Command::new("isoinfo").args(["-R", "-x", "/meta-data", "-i"]).arg(&plans[1].seed));
+    assert!(meta.contains("instance-id: k8s-myhome-k8s-worker-1-1"), "{meta}");
+
+    let lv = Libvirt::open("test:///default").unwrap();
+    launch::launch(&lv, &a, &plans).unwrap();
+    assert_eq!(lv.owned_domains(&a.name).unwrap().len(), 3);
+    let ca_before = Pki::load_or_create(&state).unwrap().ca_cert_hash().unwrap();
+
+    // Reinstall: tear down (keeping the network), prepare generation 2, launch.
+    let removed = launch::teardown(&lv, &a, &storage, true).unwrap();
+    assert_eq!(removed.domains.len(), 3);
+    assert!(!plans[0].disk.exists() && !plans[0].seed.exists());
+    let plans2 = launch::prepare(&a, &image, &opts(2)).unwrap();
+    launch::launch(&lv, &a, &plans2).unwrap();
+    assert_eq!(Pki::load_or_create(&state).unwrap().ca_cert_hash().unwrap(), ca_before, "reinstall keeps the PKI");
+    let meta = out(Command::new("isoinfo").args(["-R", "-x", "/meta-data", "-i"]).arg(&plans2[1].seed));
+    assert!(meta.contains("instance-id: k8s-myhome-k8s-worker-1-2"), "{meta}");
+    assert!(lv.is_running("k8s-myhome-k8s-control-plane").unwrap());
+}
