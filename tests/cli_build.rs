@@ -276,6 +276,15 @@ fn builds_a_valid_image_and_rebuilds_it_bit_for_bit() {
         }
     }
 
+    // Found offline, as `hearth launch` will find it; absent from another store.
+    let loaded = hearth_builder::recipe::load_recipe(&fx.recipe).unwrap();
+    let store = hearth_builder::store::Store::open(&fx.env.store).unwrap();
+    let found = hearth_builder::build::find_image(&store, &loaded).unwrap();
+    assert_eq!(store.entry_dir(&found).display().to_string(), entry);
+    let empty = hearth_builder::store::Store::open(fx.env.path("empty-store")).unwrap();
+    let e = hearth_builder::build::find_image(&empty, &loaded).unwrap_err().to_string();
+    assert!(e.contains("is not in the store (input `base/base.qcow2` is missing)"), "{e}");
+
     // A rebuild with everything in the store does nothing and prints the path.
     let again = fx.env.run(&["build", recipe]).ok();
     assert_eq!(again.stdout.trim(), entry);

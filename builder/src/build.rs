@@ -73,6 +73,14 @@ pub enum BuildError {
     /// An input that was not fetched.
     #[error("input `{0}` is not in the store (run `hearth fetch` first)")]
     MissingInput(String),
+    /// The image has not been built into this store.
+    #[error("the image of `{recipe}` is not in the store ({why})")]
+    NotBuilt {
+        /// The recipe file.
+        recipe: String,
+        /// What is missing.
+        why: String,
+    },
     /// A helper program.
     #[error(transparent)]
     Cmd(#[from] CmdError),
@@ -126,6 +134,26 @@ pub fn key_document(loaded: &LoadedRecipe, inputs: &[Filled]) -> Result<serde_js
 pub fn image_key(loaded: &LoadedRecipe, inputs: &[Filled]) -> Result<EntryKey, BuildError> {
     let doc = key_document(loaded, inputs)?;
     Ok(EntryKey::Derived(Sha256::of(doc.to_string().as_bytes())))
+}
+
+/// Finds the image a recipe describes without the network and without
+/// building: every input is looked up by its pin, then the image by its key.
+pub fn find_image(store: &Store, loaded: &LoadedRecipe) -> Result<StorePath, BuildError> {
+    let recipe = loaded.path.display().to_string();
+    let not_built = |why: String| BuildError::NotBuilt { recipe: recipe.clone(), why };
+    let mut filled = Vec::new();
+    for input in loaded.inputs() {
+        let pin = input.pin.ok_or_else(|| not_built(format!("`{}` is not pinned", input.id)))?;
+        let key = match (&input.reference, &input.platform) {
+            (Some(_), Some(platform)) => EntryKey::Oci { digest: pin, platform: platform.clone() },
+            _ => EntryKey::Fixed(pin),
+        };
+        let path = store.lookup(&key)?.ok_or_else(|| not_built(format!("input `{}` is missing", input.id)))?;
+        filled.push(Filled { input, path, downloaded: false });
+    }
+    store
+        .lookup(&image_key(loaded, &filled)?)?
+        .ok_or_else(|| not_built("its inputs are there, the image is not".into()))
 }
 
 /// Builds the image (or finds it in the store).
