@@ -2,7 +2,7 @@
 //! cloud-init), and the network-config read back by PyYAML as cloud-init reads
 //! it (YAML 1.1: the MAC must stay a string).
 
-#![allow(clippy::print_stderr)]
+mod common;
 
 use std::process::Command;
 
@@ -10,19 +10,9 @@ use hearth_appliance::pki::Pki;
 use hearth_appliance::seed;
 use hearth_appliance::spec::Appliance;
 
-fn available(tool: &str, arg: &str) -> bool {
-    let ok = Command::new(tool).arg(arg).output().is_ok_and(|o| o.status.success());
-    if !ok {
-        let required = std::env::var_os("CI").is_some() || std::env::var_os("HEARTH_REQUIRE_TOOLS").is_some();
-        assert!(!required, "`{tool}` is required here but is not installed");
-        eprintln!("SKIPPED: `{tool}` is not installed");
-    }
-    ok
-}
-
 #[test]
 fn cloud_init_accepts_every_node_seed() {
-    if !available("cloud-init", "--version") {
+    if !common::require_tool("cloud-init", "--version") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

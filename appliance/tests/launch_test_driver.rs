@@ -4,7 +4,7 @@
 //! reinstall keeps the PKI and changes the instance id. The guests themselves
 //! are not run here (the test driver simulates them).
 
-#![allow(clippy::print_stderr)]
+mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
@@ -15,15 +15,7 @@ use hearth_appliance::pki::Pki;
 use hearth_appliance::spec::Appliance;
 
 fn tools() -> bool {
-    ["qemu-img", "genisoimage", "isoinfo"].iter().all(|t| {
-        let ok = Command::new(t).arg("--version").output().is_ok();
-        if !ok {
-            let required = std::env::var_os("CI").is_some() || std::env::var_os("HEARTH_REQUIRE_TOOLS").is_some();
-            assert!(!required, "`{t}` is required here but is not installed");
-            eprintln!("SKIPPED: `{t}` is not installed");
-        }
-        ok
-    })
+    ["qemu-img", "genisoimage", "isoinfo"].iter().all(|t| common::require_tool(t, "--version"))
 }
 
 fn out(cmd: &mut Command) -> String {

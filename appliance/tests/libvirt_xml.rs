@@ -2,23 +2,13 @@
 //! schemas) and the in-process `test:///default` driver through `virsh` (no
 //! daemon), which must keep hearth's ownership metadata on what it defines.
 
-#![allow(clippy::print_stderr)]
+mod common;
 
 use std::path::Path;
 use std::process::Command;
 
 use hearth_appliance::spec::Appliance;
 use hearth_appliance::xml;
-
-fn have(tool: &str) -> bool {
-    let ok = Command::new(tool).arg("--version").output().is_ok();
-    if !ok {
-        let required = std::env::var_os("CI").is_some() || std::env::var_os("HEARTH_REQUIRE_TOOLS").is_some();
-        assert!(!required, "`{tool}` is required here but is not installed");
-        eprintln!("SKIPPED: `{tool}` is not installed");
-    }
-    ok
-}
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap();
@@ -29,7 +19,7 @@ fn run(cmd: &mut Command) -> String {
 
 #[test]
 fn libvirt_accepts_the_network_and_every_domain() {
-    if !have("virt-xml-validate") || !have("virsh") {
+    if !common::require_tool("virt-xml-validate", "--version") || !common::require_tool("virsh", "--version") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
