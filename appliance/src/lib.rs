@@ -1,14 +1,18 @@
 //! hearth's appliance: the spec of the VMs and cluster, the PKI and tokens the
 //! host makes before any VM boots, the kubeadm and cloud-init documents each
-//! node receives. (libvirt, launch and readiness are still to come.)
+//! node receives, the libvirt objects that run them, the state kept between
+//! commands, and readiness as the host sees it.
 
 #![warn(missing_docs)]
 
 pub mod cloudinit;
 pub mod kubeadm;
+pub mod kubeconfig;
 pub mod launch;
 pub mod libvirt;
 pub mod pki;
+pub mod ready;
 pub mod seed;
 pub mod spec;
+pub mod state;
 pub mod xml;

@@ -197,6 +197,28 @@ impl Libvirt {
         Ok(())
     }
 
+    /// Whether a domain of that name exists.
+    pub fn domain_exists(&self, name: &str) -> Result<bool, LibvirtError> {
+        let all = call(|| "listing domains".into(), self.conn.list_all_domains(0))?;
+        for d in all {
+            if call(|| "reading a domain name".into(), d.get_name())? == name {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Starts a defined domain hearth made (after a host reboot, say).
+    pub fn start(&self, appliance: &str, name: &str) -> Result<(), LibvirtError> {
+        let dom = call(|| format!("looking up domain `{name}`"), Domain::lookup_by_name(&self.conn, name))?;
+        let desc = call(|| format!("reading domain `{name}`"), dom.get_xml_desc(0))?;
+        if !xml::owned_by(&desc, appliance) {
+            return Err(LibvirtError::ForeignDomain(name.to_owned()));
+        }
+        call(|| format!("starting domain `{name}`"), dom.create())?;
+        Ok(())
+    }
+
     /// Whether a domain is running.
     pub fn is_running(&self, name: &str) -> Result<bool, LibvirtError> {
         let dom = call(|| format!("looking up domain `{name}`"), Domain::lookup_by_name(&self.conn, name))?;

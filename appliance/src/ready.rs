@@ -1,0 +1,438 @@
+//! Readiness and status, seen from the host: VM running (libvirt) -> IP answers
+//! (a TCP connection to port 22 is accepted or refused: either way the guest's
+//! stack is up at its fixed address) -> API ready (`/readyz` through the `kube`
+//! client, with the admin kubeconfig the host made) -> every node Ready ->
+//! platform healthy (every pod Running and ready, or Succeeded). Each node's
+//! first-boot stage is read from its serial console log.
+//!
+//! [`Checker::status`] takes one look at everything; [`Checker::wait`] walks the
+//! stages in order, each with its own timeout, reporting a live line.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::Path;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, ListParams};
+use serde::Serialize;
+
+use crate::libvirt::Libvirt;
+use crate::state::Launched;
+
+/// The stages of readiness, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Stage {
+    /// Every domain is running.
+    Running,
+    /// Every node answers at its fixed IP.
+    Ip,
+    /// The API server answers `/readyz` with `ok`.
+    Api,
+    /// Every node is registered and Ready.
+    Nodes,
+    /// Every pod is Running and ready (or Succeeded).
+    Platform,
+}
+
+impl Stage {
+    /// All stages, in order.
+    pub const ALL: [Stage; 5] = [Stage::Running, Stage::Ip, Stage::Api, Stage::Nodes, Stage::Platform];
+
+    /// The name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Running => "running",
+            Stage::Ip => "ip",
+            Stage::Api => "api",
+            Stage::Nodes => "nodes",
+            Stage::Platform => "platform",
+        }
+    }
+
+    /// How long each stage may take by default (generous: TCG guests are slow).
+    pub fn default_timeout(self) -> Duration {
+        Duration::from_secs(match self {
+            Stage::Running => 60,
+            Stage::Ip => 600,
+            Stage::Api => 900,
+            Stage::Nodes => 900,
+            Stage::Platform => 1200,
+        })
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            Stage::Running => "VMs running",
+            Stage::Ip => "IPs answering",
+            Stage::Api => "API server ready",
+            Stage::Nodes => "nodes Ready",
+            Stage::Platform => "platform healthy",
+        }
+    }
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Stage {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Stage, String> {
+        Stage::ALL.into_iter().find(|st| st.name() == s).ok_or_else(|| {
+            format!("`{s}` is not a stage (one of {})", Stage::ALL.map(Stage::name).join(", "))
+        })
+    }
+}
+
+/// The first-boot stage a console log shows: the last `hearth-firstboot:` line
+/// that names a stage, `done`, or an error.
+pub fn firstboot_stage(log: &str) -> Option<String> {
+    let mut stage = None;
+    for line in log.lines() {
+        let Some(i) = line.find("hearth-firstboot: ") else { continue };
+        let rest = line[i + "hearth-firstboot: ".len()..].trim_end();
+        if let Some(s) = rest.strip_prefix("stage ") {
+            stage = Some(s.to_owned());
+        } else if rest.starts_with("error: ") {
+            stage = Some(rest.to_owned());
+        } else if rest == "done" || rest == "joined" || rest == "api ready" {
+            stage = Some(rest.replace(' ', "-"));
+        }
+    }
+    stage
+}
+
+/// Whether a node's network stack answers at `ip`: a TCP connection to port 22
+/// that is accepted or actively refused.
+pub fn answers(ip: Ipv4Addr, timeout: Duration) -> bool {
+    match TcpStream::connect_timeout(&SocketAddr::from((ip, 22)), timeout) {
+        Ok(_) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionRefused,
+    }
+}
+
+/// One node, as seen now.
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeStatus {
+    /// Node name.
+    pub name: String,
+    /// `control-plane` or `worker`.
+    pub role: String,
+    /// Fixed address.
+    pub ip: Ipv4Addr,
+    /// libvirt domain.
+    pub domain: String,
+    /// `running`, `stopped` or `missing`.
+    pub vm: String,
+    /// Whether the address answers.
+    pub ip_answers: bool,
+    /// First-boot stage from the console log.
+    pub firstboot: Option<String>,
+    /// `Ready`, `NotReady`, or absent when the API does not list it.
+    pub kubernetes: Option<String>,
+}
+
+/// The platform's pods.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Platform {
+    /// Pods seen.
+    pub pods: usize,
+    /// `namespace/name: phase` of every pod not Running+ready nor Succeeded.
+    pub unhealthy: Vec<String>,
+}
+
+/// The appliance, as seen now.
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    /// Appliance name.
+    pub appliance: String,
+    /// Reinstall counter.
+    pub generation: u32,
+    /// `https://<control plane>:6443`.
+    pub api_endpoint: String,
+    /// Whether `/readyz` said `ok`.
+    pub api_ready: bool,
+    /// The nodes.
+    pub nodes: Vec<NodeStatus>,
+    /// Pods, when the API answered.
+    pub platform: Option<Platform>,
+    /// The first stage not reached yet (absent when all are).
+    pub pending: Option<Stage>,
+}
+
+/// Errors of waiting.
+#[derive(Debug, thiserror::Error)]
+pub enum WaitError {
+    /// A stage did not complete in time.
+    #[error("{what} not reached within {secs} s: {detail}")]
+    Timeout {
+        /// The stage.
+        what: &'static str,
+        /// Its timeout.
+        secs: u64,
+        /// What was still missing.
+        detail: String,
+    },
+    /// libvirt.
+    #[error(transparent)]
+    Libvirt(#[from] crate::libvirt::LibvirtError),
+}
+
+/// Looks at an appliance: libvirt for the VMs, TCP for the IPs, the `kube`
+/// client for the API.
+pub struct Checker<'a> {
+    lv: &'a Libvirt,
+    launched: &'a Launched,
+    kubeconfig: &'a Path,
+    rt: tokio::runtime::Runtime,
+    client: Option<kube::Client>,
+}
+
+impl<'a> Checker<'a> {
+    /// A checker of `launched` on `lv`, talking to the API with `kubeconfig`.
+    pub fn new(lv: &'a Libvirt, launched: &'a Launched, kubeconfig: &'a Path) -> std::io::Result<Checker<'a>> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        Ok(Checker { lv, launched, kubeconfig, rt, client: None })
+    }
+
+    fn client(&mut self) -> Result<kube::Client, String> {
+        if let Some(c) = &self.client {
+            return Ok(c.clone());
+        }
+        let path = self.kubeconfig;
+        let client = self.rt.block_on(async {
+            let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let mut config = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            config.connect_timeout = Some(Duration::from_secs(3));
+            config.read_timeout = Some(Duration::from_secs(10));
+            kube::Client::try_from(config).map_err(|e| e.to_string())
+        })?;
+        self.client = Some(client.clone());
+        Ok(client)
+    }
+
+    fn api_ready(&mut self) -> bool {
+        let Ok(client) = self.client() else { return false };
+        let req = http::Request::get("/readyz").body(Vec::new()).expect("a valid request");
+        self.rt.block_on(async {
+            matches!(
+                tokio::time::timeout(Duration::from_secs(10), client.request_text(req)).await,
+                Ok(Ok(body)) if body.trim() == "ok"
+            )
+        })
+    }
+
+    fn k8s_nodes(&mut self) -> Option<BTreeMap<String, bool>> {
+        let client = self.client().ok()?;
+        self.rt.block_on(async {
+            let nodes: Api<Node> = Api::all(client);
+            let list = tokio::time::timeout(Duration::from_secs(10), nodes.list(&ListParams::default())).await.ok()?.ok()?;
+            Some(
+                list.items
+                    .into_iter()
+                    .map(|n| {
+                        let ready = n
+                            .status
+                            .and_then(|s| s.conditions)
+                            .unwrap_or_default()
+                            .iter()
+                            .any(|c| c.type_ == "Ready" && c.status == "True");
+                        (n.metadata.name.unwrap_or_default(), ready)
+                    })
+                    .collect(),
+            )
+        })
+    }
+
+    fn platform(&mut self) -> Option<Platform> {
+        let client = self.client().ok()?;
+        self.rt.block_on(async {
+            let pods: Api<Pod> = Api::all(client);
+            let list = tokio::time::timeout(Duration::from_secs(10), pods.list(&ListParams::default())).await.ok()?.ok()?;
+            let mut p = Platform { pods: list.items.len(), unhealthy: Vec::new() };
+            for pod in list.items {
+                let status = pod.status.unwrap_or_default();
+                let phase = status.phase.unwrap_or_else(|| "Unknown".into());
+                let ready =
+                    status.conditions.unwrap_or_default().iter().any(|c| c.type_ == "Ready" && c.status == "True");
+                if !(phase == "Succeeded" || (phase == "Running" && ready)) {
+                    p.unhealthy.push(format!(
+                        "{}/{}: {phase}{}",
+                        pod.metadata.namespace.unwrap_or_default(),
+                        pod.metadata.name.unwrap_or_default(),
+                        if phase == "Running" { " (not ready)" } else { "" }
+                    ));
+                }
+            }
+            p.unhealthy.sort();
+            Some(p)
+        })
+    }
+
+    fn vm_state(&self, domain: &str) -> Result<&'static str, WaitError> {
+        if !self.lv.domain_exists(domain)? {
+            return Ok("missing");
+        }
+        Ok(if self.lv.is_running(domain)? { "running" } else { "stopped" })
+    }
+
+    /// One look at everything.
+    pub fn status(&mut self) -> Result<Status, WaitError> {
+        let l = self.launched;
+        let a = &l.appliance;
+        let mut nodes = Vec::new();
+        for (spec, rec) in a.nodes.iter().zip(&l.nodes) {
+            let vm = self.vm_state(&rec.domain)?;
+            let log = std::fs::read_to_string(&rec.console_log).unwrap_or_default();
+            nodes.push(NodeStatus {
+                name: spec.name.clone(),
+                role: match spec.role {
+                    crate::spec::Role::ControlPlane => "control-plane".into(),
+                    crate::spec::Role::Worker => "worker".into(),
+                },
+                ip: spec.ip,
+                domain: rec.domain.clone(),
+                vm: vm.into(),
+                ip_answers: vm == "running" && answers(spec.ip, Duration::from_millis(700)),
+                firstboot: firstboot_stage(&log),
+                kubernetes: None,
+            });
+        }
+        let cp_answers = nodes.iter().any(|n| n.role == "control-plane" && n.ip_answers);
+        let api_ready = cp_answers && self.api_ready();
+        let mut platform = None;
+        if api_ready {
+            if let Some(k) = self.k8s_nodes() {
+                for n in &mut nodes {
+                    n.kubernetes = k.get(&n.name).map(|r| if *r { "Ready" } else { "NotReady" }.to_owned());
+                }
+            }
+            platform = self.platform();
+        }
+        let reached = |st: Stage| match st {
+            Stage::Running => nodes.iter().all(|n| n.vm == "running"),
+            Stage::Ip => nodes.iter().all(|n| n.ip_answers),
+            Stage::Api => api_ready,
+            Stage::Nodes => nodes.iter().all(|n| n.kubernetes.as_deref() == Some("Ready")),
+            Stage::Platform => platform.as_ref().is_some_and(|p| p.pods > 0 && p.unhealthy.is_empty()),
+        };
+        let pending = Stage::ALL.into_iter().find(|st| !reached(*st));
+        Ok(Status {
+            appliance: a.name.clone(),
+            generation: l.generation,
+            api_endpoint: format!("https://{}", a.api_endpoint()),
+            api_ready,
+            nodes,
+            platform,
+            pending,
+        })
+    }
+
+    /// Walks the stages up to `until`, each within its timeout (`timeouts`
+    /// overrides the defaults). `progress` gets a line whenever something
+    /// changes and `done` the time each stage completed at.
+    pub fn wait(
+        &mut self,
+        until: Stage,
+        timeouts: &dyn Fn(Stage) -> Duration,
+        progress: &mut dyn FnMut(&str),
+        done: &mut dyn FnMut(Stage, Duration),
+    ) -> Result<Status, WaitError> {
+        let start = Instant::now();
+        let mut stage_start = Instant::now();
+        let mut next = 0;
+        loop {
+            let st = self.status()?;
+            // Report every stage passed since the last look.
+            while next < Stage::ALL.len() && Stage::ALL[next] <= until && st.pending.is_none_or(|p| p > Stage::ALL[next])
+            {
+                done(Stage::ALL[next], start.elapsed());
+                next += 1;
+                stage_start = Instant::now();
+            }
+            let Some(cur) = st.pending.filter(|p| *p <= until) else { return Ok(st) };
+            let detail = describe(&st, cur);
+            progress(&format!("waiting for {}: {detail} ({} s)", cur.what(), start.elapsed().as_secs()));
+            let limit = timeouts(cur);
+            if stage_start.elapsed() > limit {
+                return Err(WaitError::Timeout { what: cur.what(), secs: limit.as_secs(), detail });
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    }
+}
+
+/// What is missing for `stage`, with each node's first-boot stage.
+pub fn describe(st: &Status, stage: Stage) -> String {
+    let boot = |n: &NodeStatus| n.firstboot.clone().unwrap_or_else(|| "booting".into());
+    let missing: Vec<String> = match stage {
+        Stage::Running => st.nodes.iter().filter(|n| n.vm != "running").map(|n| format!("{} {}", n.name, n.vm)).collect(),
+        Stage::Ip => st
+            .nodes
+            .iter()
+            .filter(|n| !n.ip_answers)
+            .map(|n| format!("{} ({}) silent, first boot: {}", n.name, n.ip, boot(n)))
+            .collect(),
+        Stage::Api => st
+            .nodes
+            .iter()
+            .filter(|n| n.role == "control-plane")
+            .map(|n| format!("{} not ready, first boot: {}", st.api_endpoint, boot(n)))
+            .collect(),
+        Stage::Nodes => st
+            .nodes
+            .iter()
+            .filter(|n| n.kubernetes.as_deref() != Some("Ready"))
+            .map(|n| format!("{} {}, first boot: {}", n.name, n.kubernetes.as_deref().unwrap_or("not registered"), boot(n)))
+            .collect(),
+        Stage::Platform => match &st.platform {
+            Some(p) if p.pods == 0 => vec!["no pods yet".into()],
+            Some(p) => p.unhealthy.iter().take(5).cloned().collect(),
+            None => vec!["the API does not list pods".into()],
+        },
+    };
+    missing.join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_console_tells_the_first_boot_stage() {
+        assert_eq!(firstboot_stage("[  1.0] kernel\nnothing yet\n"), None);
+        let log = "x\r\n[  OK  ] Started\r\nhearth-firstboot: stage packages\r\nhearth-firstboot: configured hello 2 ii\r\n\
+                   [  42.1] hearth-firstboot: stage images\r\n";
+        assert_eq!(firstboot_stage(log).as_deref(), Some("images"));
+        assert_eq!(firstboot_stage(&format!("{log}hearth-firstboot: joined\n")).as_deref(), Some("joined"));
+        assert_eq!(firstboot_stage(&format!("{log}hearth-firstboot: done\n")).as_deref(), Some("done"));
+        assert_eq!(
+            firstboot_stage(&format!("{log}hearth-firstboot: error: kubeadm init failed\n")).as_deref(),
+            Some("error: kubeadm init failed")
+        );
+    }
+
+    #[test]
+    fn stages_parse_by_name_and_are_ordered() {
+        assert_eq!("api".parse::<Stage>().unwrap(), Stage::Api);
+        assert!("apis".parse::<Stage>().unwrap_err().contains("running, ip, api, nodes, platform"));
+        assert!(Stage::Running < Stage::Ip && Stage::Nodes < Stage::Platform);
+    }
+
+    #[test]
+    fn a_closed_port_answers_and_a_listening_one_too() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let ok = l.local_addr().unwrap();
+        assert!(TcpStream::connect_timeout(&ok, Duration::from_secs(1)).is_ok());
+        // Port 22 on loopback: refused (or a real sshd): either way it answers.
+        assert!(answers(Ipv4Addr::LOCALHOST, Duration::from_secs(1)));
+    }
+}
