@@ -98,6 +98,9 @@ pub struct Libvirt {
 impl Libvirt {
     /// Connects to `uri` (`qemu:///system`, or `test:///default` in tests).
     pub fn open(uri: &str) -> Result<Libvirt, LibvirtError> {
+        // libvirt prints every error to stderr by default, expected ones (a
+        // lookup that finds nothing) included; hearth reports errors itself.
+        virt::error::clear_error_callback();
         Ok(Libvirt { conn: call(|| format!("connecting to `{uri}`"), Connect::open(Some(uri)))? })
     }
 

@@ -101,7 +101,7 @@ impl std::fmt::Display for Range {
 
 /// The libvirt network.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct Network {
     /// libvirt network name. libvirt's own `default` is reused when it holds the
     /// subnet; any other name is defined (and later removed) by hearth.
@@ -144,7 +144,7 @@ pub struct NodeSpec {
 
 /// The cluster.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct Cluster {
     /// Exact Kubernetes version (`v1.29.15`).
     pub kubernetes_version: String,
@@ -158,9 +158,9 @@ pub struct Cluster {
     pub dns_domain: String,
 }
 
-/// A whole appliance.
+/// A whole appliance. A field `appliance.toml` leaves out keeps the default's value.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct Appliance {
     /// Name; prefixes every libvirt object hearth makes (a DNS label).
     pub name: String,
@@ -171,14 +171,30 @@ pub struct Appliance {
     /// Where overlays and seeds go.
     pub storage_dir: PathBuf,
     /// SSH public key put in every node (default `~/.ssh/id_ed25519.pub`).
-    #[serde(default)]
     pub ssh_public_key: Option<PathBuf>,
+    /// The image's login user for `hearth ssh` (`ubuntu` on Ubuntu's cloud image).
+    pub ssh_user: String,
+    /// libvirt domain type: `kvm`, or `qemu` for software emulation (TCG).
+    /// Default: `kvm` when /dev/kvm exists.
+    pub domain_type: Option<String>,
     /// The network.
     pub network: Network,
     /// The cluster.
     pub cluster: Cluster,
     /// The VMs.
     pub nodes: Vec<NodeSpec>,
+}
+
+impl Default for Network {
+    fn default() -> Self {
+        Appliance::default().network
+    }
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Appliance::default().cluster
+    }
 }
 
 fn ip(a: u8, b: u8, c: u8, d: u8) -> Ipv4Addr {
@@ -201,6 +217,8 @@ impl Default for Appliance {
             recipe: "images/ubuntu-24.04-k8s-1.29.toml".into(),
             storage_dir: "/mnt/k8s-storage".into(),
             ssh_public_key: None,
+            ssh_user: "ubuntu".into(),
+            domain_type: None,
             network: Network {
                 name: "default".into(),
                 cidr: Cidr { addr: ip(192, 168, 122, 0), len: 24 },
@@ -295,6 +313,12 @@ impl Appliance {
         let cps = self.nodes.iter().filter(|n| n.role == Role::ControlPlane).count();
         if cps != 1 {
             p.push(format!("there must be exactly one control plane, found {cps}"));
+        }
+        if let Some(t) = self.domain_type.as_deref().filter(|t| !matches!(*t, "kvm" | "qemu")) {
+            p.push(format!("domain_type `{t}` is neither `kvm` nor `qemu`"));
+        }
+        if self.ssh_user.is_empty() || self.ssh_user.contains(|c: char| c.is_whitespace() || c == '@') {
+            p.push(format!("ssh_user `{}` is not a user name", self.ssh_user));
         }
         let mut names = BTreeSet::new();
         let mut ips = BTreeSet::new();
@@ -422,11 +446,23 @@ mod tests {
                 Box::new(|a| a.cluster.pod_cidr = Cidr { addr: ip(10, 96, 0, 0), len: 16 }),
                 "pod CIDR 10.96.0.0/16 overlaps service CIDR 10.96.0.0/12",
             ),
+            (Box::new(|a| a.domain_type = Some("xen".into())), "domain_type `xen` is neither `kvm` nor `qemu`"),
+            (Box::new(|a| a.ssh_user = "a b".into()), "ssh_user `a b` is not a user name"),
         ];
         for (edit, needle) in cases {
             let e = problems(edit);
             assert!(e.contains(needle), "expected {needle:?} in:\n{e}");
         }
+    }
+
+    #[test]
+    fn a_partial_file_keeps_the_defaults() {
+        let a = parse_spec("name = \"lab\"\ndomain_type = \"qemu\"\n[network]\nname = \"hearth-lab\"\n").unwrap();
+        let d = Appliance::default();
+        assert_eq!((a.name.as_str(), a.network.name.as_str()), ("lab", "hearth-lab"));
+        assert_eq!((a.network.cidr, &a.nodes, &a.cluster), (d.network.cidr, &d.nodes, &d.cluster));
+        let e = parse_spec("[network]\nnmae = \"x\"\n").unwrap_err().to_string();
+        assert!(e.contains("unknown field `nmae`") && e.contains("line 2"), "{e}");
     }
 
     #[test]
