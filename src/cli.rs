@@ -37,6 +37,10 @@ pub struct Global {
     /// Only errors and results; no progress bars
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// Appliance state (PKI, token, launch record) [default: /var/lib/hearth/appliances as root,
+    /// else $XDG_STATE_HOME/hearth/appliances]
+    #[arg(long, global = true, env = "HEARTH_STATE", value_name = "DIR")]
+    pub state: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -62,18 +66,36 @@ pub enum Command {
     /// pins go to the lock beside the recipe (`x.toml` -> `x.lock`), sorted.
     Lock(LockArgs),
     /// Create network, disks, seeds and VMs; wait until the cluster is Ready
-    Launch(ApplianceArg),
+    ///
+    /// Never touches the network: the node image must be in the store (`hearth build`).
+    /// Each node gets a thin overlay of the image, a NoCloud seed with its fixed IP and
+    /// kubeadm configuration, a DHCP reservation and a domain; the PKI and bootstrap
+    /// token are made on the host first and kept in the state directory. The nodes then
+    /// assemble the cluster on their own; launch watches: VMs running -> IPs answering ->
+    /// API ready -> nodes Ready -> platform healthy. On a running appliance it only
+    /// reports status. Without APPLIANCE, ./appliance.toml, else the built-in layout.
+    Launch(LaunchArgs),
     /// Show VMs, IPs, first-boot stages, Kubernetes nodes and platform health
     Status(ApplianceJsonArg),
     /// Throw the VMs and their disks away and recreate them from the stored image (offline)
-    Reinstall(ApplianceArg),
+    ///
+    /// Keeps the PKI, the token and the image; destroys the domains, overlays, seeds and
+    /// console logs, then launches the next generation and waits as launch does.
+    Reinstall(LaunchArgs),
     /// Remove what hearth created for an appliance, and nothing else
+    ///
+    /// Domains, overlays, seeds, console logs, hearth's network (or its reservations on a
+    /// network it reused), the state directory with the PKI, and the store root that kept
+    /// the image. Objects hearth did not make are never touched. Nothing there: a no-op.
     Destroy(ApplianceArg),
     /// Print the admin kubeconfig, or merge it into ~/.kube/config
+    ///
+    /// The host makes it from the cluster CA it holds. It carries a private key: treat
+    /// the output as a secret.
     Kubeconfig(KubeconfigArgs),
     /// SSH into a node as the image's default user, with your key
     Ssh(SshArgs),
-    /// Attach to a node's serial console
+    /// Attach to a node's serial console (`virsh console`; leave with Ctrl+])
     Console(NodeArg),
     /// Inspect and manage the store
     #[command(subcommand)]
@@ -109,13 +131,26 @@ pub struct BuildArgs {
 
 #[derive(Debug, Args)]
 pub struct ApplianceArg {
-    /// appliance.toml (without one, the built-in default layout)
+    /// appliance.toml [default: ./appliance.toml if present, else the built-in layout]
     pub appliance: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
+pub struct LaunchArgs {
+    /// appliance.toml [default: ./appliance.toml if present, else the built-in layout]
+    pub appliance: Option<PathBuf>,
+    /// Wait until this stage: running, ip, api, nodes or platform
+    #[arg(long, value_name = "STAGE", default_value = "platform")]
+    pub wait: hearth_appliance::ready::Stage,
+    /// Give each stage at most this many seconds [default: 60 running, 600 ip, 900 api,
+    /// 900 nodes, 1200 platform]
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<u64>,
+}
+
+#[derive(Debug, Args)]
 pub struct ApplianceJsonArg {
-    /// appliance.toml (without one, the built-in default layout)
+    /// appliance.toml [default: ./appliance.toml if present, else the built-in layout]
     pub appliance: Option<PathBuf>,
     /// Machine-readable output
     #[arg(long)]
@@ -124,13 +159,22 @@ pub struct ApplianceJsonArg {
 
 #[derive(Debug, Args)]
 pub struct KubeconfigArgs {
-    /// Merge into ~/.kube/config instead of printing
-    #[arg(long)]
+    /// appliance.toml [default: ./appliance.toml if present, else the built-in layout]
+    #[arg(short, long, value_name = "FILE")]
+    pub appliance: Option<PathBuf>,
+    /// Merge into ~/.kube/config ($KUBECONFIG if set) instead of printing
+    #[arg(long, conflicts_with = "output")]
     pub merge: bool,
+    /// Write to this file (0600) instead of printing
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
 pub struct SshArgs {
+    /// appliance.toml [default: ./appliance.toml if present, else the built-in layout]
+    #[arg(short, long, value_name = "FILE")]
+    pub appliance: Option<PathBuf>,
     /// Node name (e.g. k8s-control-plane)
     pub node: String,
     /// Command to run instead of a shell
@@ -140,6 +184,9 @@ pub struct SshArgs {
 
 #[derive(Debug, Args)]
 pub struct NodeArg {
+    /// appliance.toml [default: ./appliance.toml if present, else the built-in layout]
+    #[arg(short, long, value_name = "FILE")]
+    pub appliance: Option<PathBuf>,
     /// Node name
     pub node: String,
 }

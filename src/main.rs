@@ -4,6 +4,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod cli;
+mod cmd_appliance;
 mod cmd_fetch;
 mod cmd_store;
 mod progress;
@@ -67,20 +68,14 @@ fn run(cli: Cli) -> CmdResult {
         Command::Store(c) => cmd_store::run(g, c),
         Command::Build(a) => cmd_fetch::build(g, &a.recipe, a.check),
         Command::Lock(a) => cmd_fetch::lock(g, &a.recipe, a.update),
-        Command::Launch(_) | Command::Status(_) | Command::Reinstall(_) | Command::Destroy(_) => {
-            not_built("launch/status/reinstall/destroy", "the appliance")
-        }
-        Command::Kubeconfig(_) | Command::Ssh(_) | Command::Console(_) => {
-            not_built("kubeconfig/ssh/console", "the appliance")
-        }
+        Command::Launch(a) => cmd_appliance::launch(g, &a),
+        Command::Status(a) => cmd_appliance::status(g, &a),
+        Command::Reinstall(a) => cmd_appliance::reinstall(g, &a),
+        Command::Destroy(a) => cmd_appliance::destroy(g, &a),
+        Command::Kubeconfig(a) => cmd_appliance::kubeconfig(g, &a),
+        Command::Ssh(a) => cmd_appliance::ssh(g, &a),
+        Command::Console(a) => cmd_appliance::console(g, &a),
     }
-}
-
-fn not_built(verb: &str, what: &str) -> CmdResult {
-    Err(Failure {
-        error: anyhow::anyhow!("`hearth {verb}` is not built yet: {what} is still to come"),
-        hint: Some("`hearth fetch` and `hearth store` work today".into()),
-    })
 }
 
 /// The store directory: `--store`/`HEARTH_STORE`, else the default for this user.

@@ -11,14 +11,22 @@ use crate::pki::{Pki, PkiError};
 use crate::spec::Appliance;
 
 #[derive(Serialize)]
-#[serde(rename_all = "kebab-case")]
 struct Kubeconfig {
+    #[serde(rename = "apiVersion")]
     api_version: &'static str,
     kind: &'static str,
     clusters: Vec<Named<Cluster>>,
     users: Vec<Named<User>>,
     contexts: Vec<Named<Context>>,
+    #[serde(rename = "current-context")]
     current_context: String,
+}
+
+/// Long base64 values stay on one plain line, as kubectl writes them.
+fn to_yaml<T: Serialize>(v: &T) -> Result<String, serde_saphyr::ser::Error> {
+    let mut opts = serde_saphyr::SerializerOptions::default();
+    opts.prefer_block_scalars = false;
+    serde_saphyr::to_string_with_options(v, opts)
 }
 
 #[derive(Serialize)]
@@ -95,7 +103,7 @@ pub fn admin(a: &Appliance, pki: &Pki) -> Result<String, PkiError> {
         }],
         current_context: ctx,
     };
-    Ok(serde_saphyr::to_string(&k).expect("kubeconfig serialises"))
+    Ok(to_yaml(&k).expect("kubeconfig serialises"))
 }
 
 /// Standard base64 (RFC 4648, padded), as kubeconfig `*-data` fields take.
@@ -121,7 +129,9 @@ mod base64_encode {
     #[cfg(test)]
     #[test]
     fn rfc4648_vectors() {
-        for (i, o) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("fooba", "Zm9vYmE=")] {
+        for (i, o) in
+            [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("fooba", "Zm9vYmE=")]
+        {
             assert_eq!(encode(i.as_bytes()), o);
         }
     }
@@ -136,11 +146,68 @@ mod tests {
         let a = Appliance::default();
         let pki = Pki::generate().unwrap();
         let text = admin(&a, &pki).unwrap();
+        assert!(text.starts_with("apiVersion: v1\nkind: Config\n"), "{text}");
+        assert!(text.lines().any(|l| l.starts_with("    client-certificate-data: LS0t")), "one plain line:\n{text}");
         let k = kube::config::Kubeconfig::from_yaml(&text).unwrap();
         let cluster = k.clusters[0].cluster.as_ref().unwrap();
         assert_eq!(cluster.server.as_deref(), Some("https://192.168.122.10:6443"));
         assert_eq!(k.current_context.as_deref(), Some("k8s-myhome-admin@k8s-myhome"));
         let user = k.auth_infos[0].auth_info.as_ref().unwrap();
         assert!(user.client_certificate_data.is_some() && user.client_key_data.is_some());
+    }
+}
+
+/// Errors of merging into a user's kubeconfig.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct MergeError(String);
+
+/// `existing` (a user's kubeconfig, if there is one) with the cluster, user and
+/// context of `ours` replacing any of the same names, and ours made current.
+/// Everything else in `existing` is kept.
+pub fn merge(existing: Option<&str>, ours: &str) -> Result<String, MergeError> {
+    use kube::config::Kubeconfig;
+    let ours = Kubeconfig::from_yaml(ours).map_err(|e| MergeError(e.to_string()))?;
+    let mut k = match existing {
+        Some(t) if !t.trim().is_empty() => Kubeconfig::from_yaml(t).map_err(|e| MergeError(e.to_string()))?,
+        _ => Kubeconfig { api_version: Some("v1".into()), kind: Some("Config".into()), ..Kubeconfig::default() },
+    };
+    for c in &ours.clusters {
+        k.clusters.retain(|x| x.name != c.name);
+    }
+    for u in &ours.auth_infos {
+        k.auth_infos.retain(|x| x.name != u.name);
+    }
+    for c in &ours.contexts {
+        k.contexts.retain(|x| x.name != c.name);
+    }
+    k.clusters.extend(ours.clusters);
+    k.auth_infos.extend(ours.auth_infos);
+    k.contexts.extend(ours.contexts);
+    k.current_context = ours.current_context;
+    to_yaml(&k).map_err(|e| MergeError(e.to_string()))
+}
+
+#[cfg(test)]
+mod merge_tests {
+    use super::*;
+
+    #[test]
+    fn merging_keeps_other_clusters_and_replaces_ours() {
+        let a = Appliance::default();
+        let pki = Pki::generate().unwrap();
+        let ours = admin(&a, &pki).unwrap();
+        let other = "apiVersion: v1\nkind: Config\nclusters:\n- name: work\n  cluster:\n    server: https://127.0.0.1:1\n\
+                     users:\n- name: me\n  user:\n    token: t\ncontexts:\n- name: work\n  context:\n    cluster: work\n    \
+                     user: me\ncurrent-context: work\n";
+        let once = merge(Some(other), &ours).unwrap();
+        let twice = merge(Some(&once), &ours).unwrap();
+        let k = kube::config::Kubeconfig::from_yaml(&twice).unwrap();
+        let names: Vec<&str> = k.clusters.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["work", "k8s-myhome"]);
+        assert_eq!(k.auth_infos.len(), 2);
+        assert_eq!(k.current_context.as_deref(), Some("k8s-myhome-admin@k8s-myhome"));
+        let fresh = kube::config::Kubeconfig::from_yaml(&merge(None, &ours).unwrap()).unwrap();
+        assert_eq!(fresh.clusters.len(), 1);
     }
 }

@@ -112,7 +112,7 @@ pub fn prepare(a: &Appliance, image: &Image, o: &Options) -> Result<Vec<NodePlan
         let disk = o.storage.join(format!("{domain}.qcow2"));
         let seed_img = o.storage.join(format!("{domain}.seed.iso"));
         let console_log = o.storage.join(format!("{domain}.console.log"));
-        for old in [&disk, &seed_img] {
+        for old in [&disk, &seed_img, &console_log] {
             match fs::remove_file(old) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io("removing", old)(e)),
                 _ => {}
@@ -175,7 +175,7 @@ pub fn teardown(
     let removed = lv.destroy(a, keep_network)?;
     for node in &a.nodes {
         let domain = a.domain_name(node);
-        for suffix in ["qcow2", "seed.iso"] {
+        for suffix in ["qcow2", "seed.iso", "console.log"] {
             let p = storage.join(format!("{domain}.{suffix}"));
             match fs::remove_file(&p) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io("removing", &p)(e)),

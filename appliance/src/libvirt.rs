@@ -90,9 +90,15 @@ fn attr(xml: &str, tag: &str, attr: &str) -> Option<String> {
     None
 }
 
-/// A libvirt connection.
+/// A libvirt connection, closed when dropped (`virt` 0.4 does not close it).
 pub struct Libvirt {
     conn: Connect,
+}
+
+impl Drop for Libvirt {
+    fn drop(&mut self) {
+        let _ = self.conn.close();
+    }
 }
 
 impl Libvirt {

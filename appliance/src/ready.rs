@@ -84,9 +84,10 @@ impl fmt::Display for Stage {
 impl FromStr for Stage {
     type Err = String;
     fn from_str(s: &str) -> Result<Stage, String> {
-        Stage::ALL.into_iter().find(|st| st.name() == s).ok_or_else(|| {
-            format!("`{s}` is not a stage (one of {})", Stage::ALL.map(Stage::name).join(", "))
-        })
+        Stage::ALL
+            .into_iter()
+            .find(|st| st.name() == s)
+            .ok_or_else(|| format!("`{s}` is not a stage (one of {})", Stage::ALL.map(Stage::name).join(", ")))
     }
 }
 
@@ -234,7 +235,8 @@ impl<'a> Checker<'a> {
         let client = self.client().ok()?;
         self.rt.block_on(async {
             let nodes: Api<Node> = Api::all(client);
-            let list = tokio::time::timeout(Duration::from_secs(10), nodes.list(&ListParams::default())).await.ok()?.ok()?;
+            let list =
+                tokio::time::timeout(Duration::from_secs(10), nodes.list(&ListParams::default())).await.ok()?.ok()?;
             Some(
                 list.items
                     .into_iter()
@@ -256,7 +258,8 @@ impl<'a> Checker<'a> {
         let client = self.client().ok()?;
         self.rt.block_on(async {
             let pods: Api<Pod> = Api::all(client);
-            let list = tokio::time::timeout(Duration::from_secs(10), pods.list(&ListParams::default())).await.ok()?.ok()?;
+            let list =
+                tokio::time::timeout(Duration::from_secs(10), pods.list(&ListParams::default())).await.ok()?.ok()?;
             let mut p = Platform { pods: list.items.len(), unhealthy: Vec::new() };
             for pod in list.items {
                 let status = pod.status.unwrap_or_default();
@@ -352,7 +355,9 @@ impl<'a> Checker<'a> {
         loop {
             let st = self.status()?;
             // Report every stage passed since the last look.
-            while next < Stage::ALL.len() && Stage::ALL[next] <= until && st.pending.is_none_or(|p| p > Stage::ALL[next])
+            while next < Stage::ALL.len()
+                && Stage::ALL[next] <= until
+                && st.pending.is_none_or(|p| p > Stage::ALL[next])
             {
                 done(Stage::ALL[next], start.elapsed());
                 next += 1;
@@ -374,7 +379,9 @@ impl<'a> Checker<'a> {
 pub fn describe(st: &Status, stage: Stage) -> String {
     let boot = |n: &NodeStatus| n.firstboot.clone().unwrap_or_else(|| "booting".into());
     let missing: Vec<String> = match stage {
-        Stage::Running => st.nodes.iter().filter(|n| n.vm != "running").map(|n| format!("{} {}", n.name, n.vm)).collect(),
+        Stage::Running => {
+            st.nodes.iter().filter(|n| n.vm != "running").map(|n| format!("{} {}", n.name, n.vm)).collect()
+        }
         Stage::Ip => st
             .nodes
             .iter()
@@ -391,7 +398,9 @@ pub fn describe(st: &Status, stage: Stage) -> String {
             .nodes
             .iter()
             .filter(|n| n.kubernetes.as_deref() != Some("Ready"))
-            .map(|n| format!("{} {}, first boot: {}", n.name, n.kubernetes.as_deref().unwrap_or("not registered"), boot(n)))
+            .map(|n| {
+                format!("{} {}, first boot: {}", n.name, n.kubernetes.as_deref().unwrap_or("not registered"), boot(n))
+            })
             .collect(),
         Stage::Platform => match &st.platform {
             Some(p) if p.pods == 0 => vec!["no pods yet".into()],

@@ -1,8 +1,8 @@
 //! An appliance's state directory: `<root>/<appliance>/` holds the PKI and the
 //! bootstrap token (secrets 0600, see [`crate::pki`]), the seeds as written
-//! (0600), the record of what was launched (`launched.json`), the admin
-//! kubeconfig (0600) and `lock`, which one launch/reinstall/destroy at a time
-//! holds. **Invariant:** the record is written before any libvirt object is
+//! (0600), the record of what was launched (`launched.json`) and the admin
+//! kubeconfig (0600). `<root>/<appliance>.lock` is held by one launch,
+//! reinstall or destroy at a time. **Invariant:** the record is written before any libvirt object is
 //! made and removed only after they are gone, so `destroy` always knows what
 //! hearth made even after a half-finished launch.
 
@@ -116,8 +116,9 @@ impl State {
     /// Takes the appliance's lock without waiting: a second launch while one
     /// runs is refused, not queued.
     pub fn lock(&self) -> Result<Lock, StateError> {
-        self.ensure_dir()?;
-        let path = self.dir.join("lock");
+        let path = self.lock_path();
+        let root = path.parent().expect("has a parent");
+        fs::create_dir_all(root).map_err(io("creating", root))?;
         let f = fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -130,6 +131,12 @@ impl State {
             Err(fs::TryLockError::WouldBlock) => Err(StateError::Busy { name: self.name.clone(), lock: path }),
             Err(fs::TryLockError::Error(e)) => Err(io("locking", &path)(e)),
         }
+    }
+
+    /// `<root>/<appliance>.lock`, beside the directory, so that taking the lock
+    /// makes no state.
+    pub fn lock_path(&self) -> PathBuf {
+        self.dir.with_file_name(format!("{}.lock", self.name))
     }
 
     fn record_path(&self) -> PathBuf {
@@ -233,8 +240,7 @@ mod tests {
         assert!(err.contains("appliance `k8s-myhome` is busy") && err.contains("lock"), "{err}");
         drop(held);
         s.lock().unwrap();
-        let mode = fs::metadata(s.dir()).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o700);
+        assert!(!s.dir().exists(), "locking makes no state");
     }
 
     #[test]

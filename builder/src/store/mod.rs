@@ -563,6 +563,16 @@ impl Store {
         write_atomic(&file, body.as_bytes())
     }
 
+    /// Removes the root named `name`, if there is one.
+    pub fn remove_root(&self, name: &str) -> Result<()> {
+        check_name(name)?;
+        let file = self.root.join(ROOTS_DIR).join(name);
+        match fs::remove_file(&file) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err("removing root", &file)(e)),
+            _ => Ok(()),
+        }
+    }
+
     /// All roots with the entries they name.
     pub fn roots(&self) -> Result<BTreeMap<String, Vec<StorePath>>> {
         let dir = self.root.join(ROOTS_DIR);

@@ -1,0 +1,204 @@
+//! `hearth launch | status | reinstall | destroy | kubeconfig` against libvirt's
+//! built-in `test:///default` driver (no daemon; every process starts from the
+//! driver's own fresh state, whose `default` network holds 192.168.122.0/24).
+//! The image is a real build of the small Ubuntu-shaped base. What a real
+//! libvirtd and real VMs do is tests/vm_appliance.rs.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::base::make_base;
+use common::{Env, require_tool, sha256_hex};
+
+fn tools_present() -> bool {
+    ["mke2fs", "sgdisk", "qemu-img", "genisoimage", "openssl", "base64"].iter().all(|t| require_tool(t))
+}
+
+/// Builds the base into a store and writes an appliance.toml on the test driver.
+fn setup(env: &Env) -> PathBuf {
+    let dir = env.path("lab");
+    fs::create_dir_all(&dir).unwrap();
+    let base = make_base(&dir);
+    let sha = sha256_hex(&fs::read(&base).unwrap());
+    fs::write(
+        dir.join("node.toml"),
+        format!(
+            "name = \"node\"\n[output]\nvirtual_size = \"2GiB\"\nepoch = 1700000000\n\
+             [base]\nname = \"base.qcow2\"\nurls = [\"file://{}\"]\nsha256 = \"{sha}\"\nformat = \"qcow2\"\n",
+            base.display()
+        ),
+    )
+    .unwrap();
+    env.run(&["build", dir.join("node.toml").to_str().unwrap()]).ok();
+    let spec = dir.join("appliance.toml");
+    fs::write(
+        &spec,
+        "name = \"lab\"\nlibvirt_uri = \"test:///default\"\ndomain_type = \"qemu\"\nrecipe = \"node.toml\"\n\
+         storage_dir = \"storage\"\n",
+    )
+    .unwrap();
+    spec
+}
+
+fn mode(p: &Path) -> u32 {
+    fs::metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).permissions().mode() & 0o777
+}
+
+#[test]
+fn launch_status_kubeconfig_reinstall_destroy_on_the_test_driver() {
+    if !tools_present() {
+        return;
+    }
+    let mut env = Env::new();
+    let state = env.path("state");
+    env.env("HEARTH_STATE", state.to_str().unwrap());
+    let spec = setup(&env);
+    let spec_s = spec.to_str().unwrap();
+    let storage = spec.parent().unwrap().join("storage");
+
+    let r = env.run(&["launch", spec_s, "--wait", "running"]).ok();
+    r.stderr_has("network `default`: reused, 3 DHCP reservations added")
+        .stderr_has("includes the MetalLB pool 192.168.122.100-192.168.122.150")
+        .stderr_has("started 3 VMs of appliance `lab` (generation 1); host side took")
+        .stderr_has("reached running");
+    r.stdout_has("appliance lab (generation 1): API https://192.168.122.10:6443 not ready");
+    assert!(
+        r.stdout.lines().any(|l| l.starts_with("k8s-worker-2") && l.contains("192.168.122.12  running")),
+        "{}",
+        r.stdout
+    );
+
+    // Per node: a thin overlay backed by the store image, a private seed.
+    let app = state.join("lab");
+    let launched: serde_json::Value = serde_json::from_slice(&fs::read(app.join("launched.json")).unwrap()).unwrap();
+    let image = PathBuf::from(launched["image"].as_str().unwrap());
+    for node in ["k8s-control-plane", "k8s-worker-1", "k8s-worker-2"] {
+        let disk = storage.join(format!("lab-{node}.qcow2"));
+        let info = Command::new("qemu-img").args(["info", "--output=json"]).arg(&disk).output().unwrap();
+        let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+        assert_eq!(info["backing-filename"].as_str(), Some(image.join("disk.qcow2").to_str().unwrap()));
+        assert_eq!(mode(&storage.join(format!("lab-{node}.seed.iso"))), 0o600);
+        assert_eq!(mode(&app.join("seeds").join(node).join("user-data")), 0o600);
+    }
+    for secret in ["pki/ca.key", "pki/sa.key", "pki/etcd/ca.key", "pki/front-proxy-ca.key", "token"] {
+        assert_eq!(mode(&app.join(secret)), 0o600, "{secret}");
+    }
+    let token = fs::read_to_string(app.join("token")).unwrap();
+    assert!(!r.stdout.contains(token.trim()) && !r.stderr.contains(token.trim()), "the token was printed");
+    // The store keeps the image while the appliance exists.
+    env.run(&["store", "gc"]).ok();
+    assert!(image.join("disk.qcow2").exists());
+
+    // One look: the test driver of this new process has no such domains.
+    let st = env.run(&["status", spec_s, "--json"]).ok();
+    let st: serde_json::Value = serde_json::from_str(&st.stdout).unwrap();
+    assert_eq!(st["nodes"].as_array().unwrap().len(), 3);
+    assert_eq!(st["nodes"][0]["vm"], "missing");
+    assert_eq!(st["pending"], "running");
+
+    // A second launch while one holds the appliance is refused, and changes nothing.
+    let lock = fs::OpenOptions::new().write(true).open(state.join("lab.lock")).unwrap();
+    lock.try_lock().unwrap();
+    env.run(&["launch", spec_s, "--wait", "running"]).fails().stderr_has("appliance `lab` is busy");
+    env.run(&["reinstall", spec_s, "--wait", "running"]).fails().stderr_has("appliance `lab` is busy");
+    drop(lock);
+
+    // The admin kubeconfig: 0600, its client certificate signed by the appliance's CA.
+    let kc = env.path("admin.kubeconfig");
+    env.run(&["kubeconfig", "-a", spec_s, "-o", kc.to_str().unwrap()]).ok();
+    assert_eq!(mode(&kc), 0o600);
+    let text = fs::read_to_string(&kc).unwrap();
+    assert!(text.contains("server: https://192.168.122.10:6443"), "{text}");
+    let b64 = text.lines().find_map(|l| l.trim().strip_prefix("client-certificate-data: ")).unwrap();
+    let pem = Command::new("sh").arg("-c").arg(format!("echo {b64} | base64 -d")).output().unwrap().stdout;
+    let cert = env.path("admin.crt");
+    fs::write(&cert, pem).unwrap();
+    let v =
+        Command::new("openssl").arg("verify").arg("-CAfile").arg(app.join("pki/ca.crt")).arg(&cert).output().unwrap();
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+    // --merge keeps the user's other clusters.
+    fs::create_dir_all(env.home.join(".kube")).unwrap();
+    fs::write(
+        env.home.join(".kube/config"),
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: work\n  cluster:\n    server: https://127.0.0.1:1\n",
+    )
+    .unwrap();
+    env.run(&["kubeconfig", "-a", spec_s, "--merge"]).ok();
+    let merged = fs::read_to_string(env.home.join(".kube/config")).unwrap();
+    assert!(merged.contains("name: work") && merged.contains("current-context: lab-admin@lab"), "{merged}");
+
+    // Reinstall: next generation, same PKI, fresh seeds.
+    let ca = fs::read(app.join("pki/ca.crt")).unwrap();
+    let meta1 = fs::read_to_string(app.join("seeds/k8s-worker-1/meta-data")).unwrap();
+    let r = env.run(&["reinstall", spec_s, "--wait", "running", "--offline"]).ok();
+    r.stderr_has("the PKI and the image stay").stderr_has("(generation 2)").stderr_has("reinstall host side took");
+    assert_eq!(fs::read(app.join("pki/ca.crt")).unwrap(), ca);
+    let meta2 = fs::read_to_string(app.join("seeds/k8s-worker-1/meta-data")).unwrap();
+    assert_ne!(meta1, meta2, "the instance id must change so cloud-init runs again");
+
+    // Destroy: state, files and the store root go; a second destroy is a no-op.
+    env.run(&["destroy", spec_s]).ok().stdout_has("destroyed appliance `lab`");
+    assert!(!app.exists());
+    assert!(!storage.join("lab-k8s-worker-1.qcow2").exists() && !storage.join("lab-k8s-worker-1.seed.iso").exists());
+    env.run(&["destroy", spec_s]).ok().stdout_has("appliance `lab` does not exist here: nothing to destroy");
+    env.run(&["status", spec_s]).fails().stderr_has("appliance `lab` is not launched here");
+}
+
+#[test]
+fn bad_appliances_are_refused_before_anything_is_made() {
+    if !tools_present() {
+        return;
+    }
+    let mut env = Env::new();
+    let state = env.path("state");
+    env.env("HEARTH_STATE", state.to_str().unwrap());
+    let dir = env.path("bad");
+    fs::create_dir_all(&dir).unwrap();
+    let spec = dir.join("appliance.toml");
+    let spec_s = spec.to_str().unwrap();
+
+    // Validation names the file and every problem.
+    let mut text = String::from("name = \"lab\"\nlibvirt_uri = \"test:///default\"\n");
+    for (name, role, ip, mem) in
+        [("cp", "control-plane", 10, 1024), ("w1", "worker", 11, 2048), ("w1", "worker", 120, 2048)]
+    {
+        text.push_str(&format!(
+            "[[nodes]]\nname = \"{name}\"\nrole = \"{role}\"\nip = \"192.168.122.{ip}\"\nvcpus = 2\nmemory_mib = {mem}\ndisk_gib = 20\n"
+        ));
+    }
+    fs::write(&spec, &text).unwrap();
+    let r = env.run(&["launch", spec_s]).fails();
+    r.stderr_has("appliance.toml`")
+        .stderr_has("node `cp`: 1024 MiB of memory is too little for kubeadm")
+        .stderr_has("node `w1`: the name is used twice")
+        .stderr_has("192.168.122.120 is inside the MetalLB pool");
+    assert!(!state.exists(), "nothing may be made for an invalid appliance");
+
+    // An image that is not in the store: the error says how to build it.
+    fs::write(
+        &spec,
+        "name = \"lab\"\nlibvirt_uri = \"test:///default\"\nrecipe = \"node.toml\"\nstorage_dir = \"storage\"\n",
+    )
+    .unwrap();
+    fs::write(
+        dir.join("node.toml"),
+        format!(
+            "name = \"node\"\n[output]\nvirtual_size = \"2GiB\"\nepoch = 1\n[base]\nname = \"b.qcow2\"\nurls = [\"file:///nonexistent\"]\n\
+             sha256 = \"{}\"\nformat = \"qcow2\"\n",
+            "ab".repeat(32)
+        ),
+    )
+    .unwrap();
+    let r = env.run(&["launch", spec_s]).fails();
+    r.stderr_has("is not in the store")
+        .stderr_has(&format!("hint: build it first: `hearth build {}", dir.join("node.toml").display()));
+    assert!(!dir.join("storage").exists());
+
+    // Nothing launched: reinstall says so, destroy is a no-op.
+    env.run(&["reinstall", spec_s]).fails().stderr_has("appliance `lab` was never launched here");
+    env.run(&["destroy", spec_s]).ok().stdout_has("nothing to destroy");
+}
