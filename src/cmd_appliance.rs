@@ -211,8 +211,14 @@ fn bring_up(g: &Global, a: &Appliance, state: &State, image: &Path, generation: 
     match net {
         NetworkUse::Defined(n) => note(g, &format!("network `{n}`: defined and started")),
         NetworkUse::Present(n) => note(g, &format!("network `{n}`: hearth's, present")),
-        NetworkUse::Reused { name, added, note: warn } => {
-            note(g, &format!("network `{name}`: reused, {added} DHCP reservations added"));
+        NetworkUse::Reused { name, added, started, note: warn } => {
+            note(
+                g,
+                &format!(
+                    "network `{name}`: reused, {added} DHCP reservations added{}",
+                    if started { ", started (it was inactive)" } else { "" }
+                ),
+            );
             if let Some(w) = warn {
                 note(g, &format!("warning: {w}"));
             }

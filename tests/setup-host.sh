@@ -19,6 +19,9 @@ packages=(
   gdisk           # sgdisk -v judges the GPT writer
   libvirt-dev     # the virt crate links libvirt (LGPL-2.1)
   genisoimage     # NoCloud seed images (label cidata)
+  libvirt-daemon-system dnsmasq-base iproute2  # libvirtd, its NAT network and DHCP
+  qemu-system-x86 # the VMs
+  openssh-client  # hearth ssh
 )
 if [ "$want_tests" = 1 ]; then
   packages+=(
@@ -28,10 +31,11 @@ if [ "$want_tests" = 1 ]; then
     skopeo           # pushes fixture images into it, reads OCI archives
     nix-bin          # nix-instantiate --parse checks flake.nix
     mmdebstrap       # makes the Debian fixture base (as root)
-    qemu-system-x86  # boots built images under TCG
     cloud-init       # `cloud-init schema` validates generated user-data
     libvirt-clients  # virsh (test:///default driver) and virt-xml-validate judge the XML
     libxml2-utils    # xmllint, which virt-xml-validate runs
+    iputils-ping     # the VM test pings each node inside its network namespace
+    tini             # reaps libvirtd's orphaned QEMU processes where PID 1 does not
   )
   # cloud-init is wanted for its schema check only: never let it act on this host.
   if [ ! -e /etc/cloud/cloud-init.disabled ]; then

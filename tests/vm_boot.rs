@@ -13,12 +13,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Env, sha256_hex};
-use hearth_testsupport::{Behavior, Server};
+use common::Env;
+use common::fixture::FixtureRecipe;
+use hearth_testsupport::Server;
 
 /// The guest's whole first boot under TCG must fit in this.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(900);
@@ -36,85 +37,12 @@ fn run(cmd: &mut Command) {
     assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-fn serve_file(srv: &Server, path: &Path) -> (String, String) {
-    let bytes = std::fs::read(path).unwrap();
-    let sha = sha256_hex(&bytes);
-    let route = format!("/{}", path.file_name().unwrap().to_string_lossy());
-    srv.serve(&route, bytes, Behavior::Normal);
-    (srv.url(&route), sha)
-}
-
-fn one_deb(dir: &Path, prefix: &str) -> PathBuf {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix))
-        .unwrap_or_else(|| panic!("no {prefix}*.deb in {}", dir.display()))
-}
-
 #[test]
 fn the_image_boots_configures_its_packages_and_grows_online() {
-    if std::env::var("HEARTH_VM_TESTS").as_deref() != Ok("1") {
-        eprintln!("SKIPPED: VM tests run with HEARTH_VM_TESTS=1 (tests/ci.sh sets it)");
-        return;
-    }
-    let fixture =
-        PathBuf::from(std::env::var("HEARTH_FIXTURE_DIR").expect("HEARTH_FIXTURE_DIR names the fixture directory"));
+    let Some(fixture) = common::fixture::vm_tests_fixture() else { return };
     let env = Env::new();
     let srv = Server::start();
-    let (base_url, base_sha) = serve_file(&srv, &fixture.join("debian-12-base.qcow2"));
-    let hello = one_deb(&fixture.join("debs"), "hello_");
-    let less = one_deb(&fixture.join("debs"), "less_");
-    let (hello_url, hello_sha) = serve_file(&srv, &hello);
-    let (less_url, less_sha) = serve_file(&srv, &less);
-    let fx_image = common::oci::fixture();
-    let image_ref = common::oci::serve_image(&srv, &fx_image, "test/img", "1.0");
-    let dir = env.path("recipe");
-    std::fs::create_dir_all(dir.join("files")).unwrap();
-    let images_files = Path::new(env!("CARGO_MANIFEST_DIR")).join("images/files");
-    for f in ["hearth-firstboot", "hearth-firstboot.service"] {
-        std::fs::copy(images_files.join(f), dir.join("files").join(f)).unwrap();
-    }
-    let recipe = dir.join("fixture.toml");
-    std::fs::write(
-        &recipe,
-        format!(
-            r#"name = "debian-fixture"
-[output]
-virtual_size = "3GiB"
-headroom = "256MiB"
-epoch = 1700000000
-[base]
-name = "debian-12-base.qcow2"
-urls = ["{base_url}"]
-sha256 = "{base_sha}"
-format = "qcow2"
-[[debs]]
-name = "hello"
-urls = ["{hello_url}"]
-sha256 = "{hello_sha}"
-[[debs]]
-name = "less"
-urls = ["{less_url}"]
-sha256 = "{less_sha}"
-[[files]]
-path = "/usr/local/lib/hearth/firstboot"
-source = "files/hearth-firstboot"
-mode = "0755"
-[[files]]
-path = "/etc/systemd/system/hearth-firstboot.service"
-source = "files/hearth-firstboot.service"
-[[files]]
-path = "/etc/systemd/system/multi-user.target.wants/hearth-firstboot.service"
-symlink = "/etc/systemd/system/hearth-firstboot.service"
-[[images]]
-reference = "{image_ref}"
-digest = "{image_digest}"
-"#,
-            image_digest = fx_image.index
-        ),
-    )
-    .unwrap();
+    let FixtureRecipe { recipe, image_ref } = common::fixture::write_fixture_recipe(&env, &srv, &fixture, "");
     let built = Instant::now();
     let r = env.run(&["build", recipe.to_str().unwrap()]).ok();
     eprintln!("build on the Debian fixture: {:.1} s", built.elapsed().as_secs_f64());
@@ -190,23 +118,17 @@ digest = "{image_digest}"
             .spawn()
             .expect("start qemu-system-x86_64"),
     );
-    let mut seen: Vec<(String, f64)> = Vec::new();
+    let mut seen = common::fixture::Stages::default();
     let log = loop {
         let log = std::fs::read_to_string(&console).unwrap_or_default();
-        for line in
-            log.lines().filter(|l| l.contains("hearth-firstboot: stage") || l.contains("hearth-firstboot: done"))
-        {
-            if !seen.iter().any(|(l, _)| l == line) {
-                seen.push((line.to_owned(), started.elapsed().as_secs_f64()));
-            }
-        }
+        seen.see(&log, started.elapsed().as_secs_f64());
         if log.contains("hearth-firstboot: done") || log.contains("hearth-firstboot: error") {
             break log;
         }
         assert!(started.elapsed() < BOOT_TIMEOUT, "no first boot within {BOOT_TIMEOUT:?}; console:\n{log}");
         std::thread::sleep(Duration::from_secs(2));
     };
-    for (line, t) in &seen {
+    for (line, t) in &seen.0 {
         eprintln!("{t:>6.1} s  {}", line.trim());
     }
     let lines: Vec<&str> = log.lines().filter(|l| l.contains("hearth-firstboot: ")).collect();

@@ -58,6 +58,8 @@ pub enum NetworkUse {
         name: String,
         /// Reservations added now.
         added: usize,
+        /// Whether it was inactive and hearth started it.
+        started: bool,
         /// A warning worth showing.
         note: Option<String>,
     },
@@ -88,6 +90,46 @@ fn attr(xml: &str, tag: &str, attr: &str) -> Option<String> {
         }
     }
     None
+}
+
+/// Adds (or removes) the appliance's DHCP reservations on network `net`,
+/// in its persistent config and, when it runs, in its live state, each where
+/// it is missing (or present): the two can differ after an interrupted run.
+/// Returns how many nodes needed a change.
+fn reservations(net: &Network, name: &str, a: &Appliance, add: bool) -> Result<usize, LibvirtError> {
+    let active = call(|| format!("reading network `{name}`"), net.is_active())?;
+    // The test driver keeps one definition and refuses the flag.
+    let config = call(
+        || format!("reading network `{name}`"),
+        net.get_xml_desc(sys::VIR_NETWORK_XML_INACTIVE).or_else(|_| net.get_xml_desc(0)),
+    )?;
+    let live = if active { Some(call(|| format!("reading network `{name}`"), net.get_xml_desc(0))?) } else { None };
+    let mut changed = 0;
+    for node in &a.nodes {
+        let mac = format!("mac='{}'", mac_address(&a.name, &node.name));
+        let needs = |x: &str| x.contains(&mac) != add;
+        let mut flags = 0;
+        if needs(&config) {
+            flags |= sys::VIR_NETWORK_UPDATE_AFFECT_CONFIG;
+        }
+        if live.as_deref().is_some_and(needs) {
+            flags |= sys::VIR_NETWORK_UPDATE_AFFECT_LIVE;
+        }
+        if flags == 0 {
+            continue;
+        }
+        let (command, what) = if add {
+            (sys::VIR_NETWORK_UPDATE_COMMAND_ADD_LAST, "adding the DHCP reservation of")
+        } else {
+            (sys::VIR_NETWORK_UPDATE_COMMAND_DELETE, "removing the DHCP reservation of")
+        };
+        call(
+            || format!("{what} `{}` on network `{name}`", node.name),
+            net.update(command, sys::VIR_NETWORK_SECTION_IP_DHCP_HOST, -1, &xml::dhcp_host(a, node), flags),
+        )?;
+        changed += 1;
+    }
+    Ok(changed)
 }
 
 /// A libvirt connection, closed when dropped (`virt` 0.4 does not close it).
@@ -145,25 +187,12 @@ impl Libvirt {
             });
         }
         let active = call(|| format!("reading network `{name}`"), net.is_active())?;
-        let flags =
-            sys::VIR_NETWORK_UPDATE_AFFECT_CONFIG | if active { sys::VIR_NETWORK_UPDATE_AFFECT_LIVE } else { 0 };
-        let mut added = 0;
-        for node in &a.nodes {
-            if desc.contains(&mac_address(&a.name, &node.name)) {
-                continue;
-            }
-            let host = xml::dhcp_host(a, node);
-            call(
-                || format!("adding the DHCP reservation of `{}` to network `{name}`", node.name),
-                net.update(
-                    sys::VIR_NETWORK_UPDATE_COMMAND_ADD_LAST,
-                    sys::VIR_NETWORK_SECTION_IP_DHCP_HOST,
-                    -1,
-                    &host,
-                    flags,
-                ),
-            )?;
-            added += 1;
+        let added = reservations(&net, name, a, true)?;
+        // Defined but not started (Debian does not autostart `default`): the
+        // domains cannot run without it, so start it, as virt-install would.
+        let started = !active;
+        if started {
+            call(|| format!("starting network `{name}`"), net.create())?;
         }
         let range = attr(&desc, "range", "start")
             .zip(attr(&desc, "range", "end"))
@@ -175,7 +204,7 @@ impl Libvirt {
                 a.cluster.metallb_pool
             )
         });
-        Ok(NetworkUse::Reused { name: name.clone(), added, note })
+        Ok(NetworkUse::Reused { name: name.clone(), added, started, note })
     }
 
     /// Names of the domains hearth made for `appliance`, sorted.
@@ -259,24 +288,7 @@ impl Libvirt {
                 call(|| format!("undefining network `{name}`"), net.undefine())?;
                 removed.network = Some(name.clone());
             } else {
-                let active = call(|| format!("reading network `{name}`"), net.is_active())?;
-                let flags = sys::VIR_NETWORK_UPDATE_AFFECT_CONFIG
-                    | if active { sys::VIR_NETWORK_UPDATE_AFFECT_LIVE } else { 0 };
-                for node in &a.nodes {
-                    if desc.contains(&mac_address(&a.name, &node.name)) {
-                        call(
-                            || format!("removing the DHCP reservation of `{}` from network `{name}`", node.name),
-                            net.update(
-                                sys::VIR_NETWORK_UPDATE_COMMAND_DELETE,
-                                sys::VIR_NETWORK_SECTION_IP_DHCP_HOST,
-                                -1,
-                                &xml::dhcp_host(a, node),
-                                flags,
-                            ),
-                        )?;
-                        removed.reservations += 1;
-                    }
-                }
+                removed.reservations = reservations(&net, name, a, false)?;
             }
         }
         Ok(removed)

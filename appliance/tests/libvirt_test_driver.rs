@@ -31,8 +31,8 @@ fn reuse_define_and_destroy_only_what_is_ours() {
     // libvirt's default network holds 192.168.122.0/24: reused, reservations added once.
     let a = Appliance::default();
     match lv.ensure_network(&a).unwrap() {
-        NetworkUse::Reused { name, added, note } => {
-            assert_eq!((name.as_str(), added), ("default", 3));
+        NetworkUse::Reused { name, added, started, note } => {
+            assert_eq!((name.as_str(), added, started), ("default", 3, false));
             assert!(note.unwrap().contains("includes the MetalLB pool"), "its .2-.254 range is worth a warning");
         }
         other => panic!("{other:?}"),

@@ -4,6 +4,7 @@
 #![allow(dead_code, clippy::print_stderr)]
 
 pub mod base;
+pub mod fixture;
 pub mod oci;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,404 @@
+//! The appliance's plumbing, with real libvirt and real VMs. This is NOT a
+//! cluster test: kubeadm 1.29 cannot be installed here, so the fixture image
+//! carries a recording STAND-IN named `kubeadm` that runs nothing and writes its
+//! arguments and the config file it was given to the serial console. The test
+//! proves what each node would have run, not that a cluster forms.
+//!
+//! The test makes a network namespace, starts virtlogd and libvirtd inside it
+//! (so the VMs' 192.168.122.0/24 exists only there) and runs `hearth` inside it
+//! too; the libvirt socket is a file, so the test reaches the daemon from
+//! outside with virsh. Three TCG guests (domain type `qemu`) are launched with
+//! the seed layout's addresses. Asserted:
+//! - each VM answers at its fixed IP from inside the namespace;
+//! - first boot configured the layered packages and imported the preloaded
+//!   image into containerd's k8s.io namespace (`ctr` output on the console);
+//! - the control plane ran `kubeadm init` with the config the host generated;
+//! - each worker ran `kubeadm join` against 192.168.122.10:6443 with the token
+//!   and the CA hash the host computed (the hash cross-checked with openssl);
+//! - `reinstall --offline` brings them back the same way (same PKI);
+//! - `destroy` leaves no hearth object, while a domain and a network the test
+//!   defined itself are untouched.
+//!
+//! Runs when HEARTH_VM_TESTS=1, as root (tests/ci.sh sets it up).
+
+#![allow(clippy::print_stderr)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::fixture::{FixtureRecipe, Stages};
+use common::{Env, Run, sha256_hex};
+use hearth_appliance::spec::{Role, parse_spec};
+use hearth_testsupport::Server;
+
+const NS: &str = "hearth-vmtest";
+const URI: &str = "qemu:///system";
+/// All three first boots under TCG on two cores must fit in this.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(1200);
+
+/// The recording stand-in for kubeadm (see the module comment).
+const KUBEADM_STAND_IN: &str = r#"#!/bin/sh
+# STAND-IN for kubeadm, for hearth's VM test only: kubeadm 1.29 cannot be
+# installed where the test runs. It runs nothing. It records its arguments and
+# the config file it was given on the serial console, and succeeds.
+say() { echo "kubeadm-stand-in: $*" >/dev/console; }
+say "argv $*"
+cfg=""
+prev=""
+for a in "$@"; do
+  [ "$prev" = "--config" ] && cfg=$a
+  prev=$a
+done
+if [ -n "$cfg" ]; then
+  say "config $cfg sha256 $(sha256sum "$cfg" | cut -d' ' -f1)"
+  while IFS= read -r line; do say "| $line"; done <"$cfg"
+fi
+exit 0
+"#;
+
+fn sh(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn virsh(args: &[&str]) -> String {
+    sh(Command::new("virsh").arg("-c").arg(URI).args(args))
+}
+
+/// The namespace with virtlogd and libvirtd in it; torn down on drop, with
+/// every domain and network the test left behind.
+struct Daemons {
+    children: Vec<std::process::Child>,
+}
+
+impl Daemons {
+    fn start() -> Daemons {
+        let running = Command::new("virsh").args(["-c", URI, "version"]).output().unwrap();
+        assert!(
+            !running.status.success(),
+            "a libvirtd already answers at {URI}; the VM test starts its own inside a network namespace"
+        );
+        let _ = Command::new("ip").args(["netns", "del", NS]).status();
+        sh(Command::new("ip").args(["netns", "add", NS]));
+        sh(Command::new("ip").args(["netns", "exec", NS, "ip", "link", "set", "lo", "up"]));
+        let mut children = Vec::new();
+        for daemon in ["virtlogd", "libvirtd"] {
+            // Under `tini -s`, a subreaper: libvirtd's daemonized QEMU processes
+            // (capability probes, the guests) are reaped when they exit even
+            // where PID 1 does not reap orphans (containers), else libvirtd
+            // waits for a zombie forever.
+            let child = Command::new("ip")
+                .args(["netns", "exec", NS, "tini", "-s", "--", daemon])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("starting {daemon}: {e}"));
+            children.push(child);
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let t = Instant::now();
+        while !Command::new("virsh").args(["-c", URI, "version"]).output().unwrap().status.success() {
+            assert!(t.elapsed() < Duration::from_secs(30), "libvirtd did not come up in the namespace");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        Daemons { children }
+    }
+}
+
+impl Drop for Daemons {
+    fn drop(&mut self) {
+        let list = |what: &str| {
+            Command::new("virsh").args(["-c", URI, what, "--all", "--name"]).output().map_or(String::new(), |o| {
+                String::from_utf8_lossy(&o.stdout).into_owned()
+            })
+        };
+        for d in list("list").lines().filter(|d| d.starts_with("vmtest-") || *d == "bystander") {
+            let _ = Command::new("virsh").args(["-c", URI, "destroy", d]).output();
+            let _ = Command::new("virsh").args(["-c", URI, "undefine", d]).output();
+        }
+        // Reservations hearth left on `default` when the test failed midway.
+        let config = Command::new("virsh")
+            .args(["-c", URI, "net-dumpxml", "--inactive", "default"])
+            .output()
+            .map_or(String::new(), |o| String::from_utf8_lossy(&o.stdout).into_owned());
+        for host in config.lines().map(str::trim).filter(|l| l.starts_with("<host ") && l.contains("name='k8s-")) {
+            for scope in ["--config", "--live"] {
+                let _ = Command::new("virsh")
+                    .args(["-c", URI, "net-update", "default", "delete", "ip-dhcp-host", host, scope])
+                    .output();
+            }
+        }
+        let _ = Command::new("virsh").args(["-c", URI, "net-destroy", "bystander"]).output();
+        let _ = Command::new("virsh").args(["-c", URI, "net-undefine", "bystander"]).output();
+        let _ = Command::new("virsh").args(["-c", URI, "net-destroy", "default"]).output();
+        // Everything left in the namespace (dnsmasq, QEMU), then the daemons.
+        if let Ok(o) = Command::new("ip").args(["netns", "pids", NS]).output() {
+            for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                if !self.children.iter().any(|c| c.id().to_string() == pid) {
+                    let _ = Command::new("kill").arg(pid).status();
+                }
+            }
+        }
+        for child in self.children.iter_mut().rev() {
+            let _ = Command::new("kill").arg(child.id().to_string()).status();
+            let _ = child.wait();
+        }
+        let _ = Command::new("ip").args(["netns", "del", NS]).status();
+    }
+}
+
+/// `hearth` run inside the namespace.
+fn hearth(env: &Env, args: &[&str]) -> Run {
+    let inner = env.cmd(args);
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", NS]).arg(inner.get_program()).args(inner.get_args());
+    c.env_clear();
+    for (k, v) in inner.get_envs() {
+        if let Some(v) = v {
+            c.env(k, v);
+        }
+    }
+    c.current_dir(inner.get_current_dir().unwrap());
+    Run::from(c.output().expect("run hearth in the namespace"))
+}
+
+/// Lines the stand-in and first boot wrote, once every node is through.
+struct Boot {
+    logs: Vec<(String, String)>,
+    stages: Vec<(String, Stages)>,
+}
+
+fn wait_for_first_boots(nodes: &[(String, Role, PathBuf)], started: Instant) -> Boot {
+    let mut stages: Vec<(String, Stages)> = nodes.iter().map(|(n, _, _)| (n.clone(), Stages::default())).collect();
+    loop {
+        let mut logs = Vec::new();
+        let mut through = true;
+        for ((name, role, log), (_, st)) in nodes.iter().zip(&mut stages) {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            st.see(&text, started.elapsed().as_secs_f64());
+            let config_seen = text.contains("kubeadm-stand-in: config ");
+            let done = match role {
+                // After init the script waits for /readyz, which no stand-in answers.
+                Role::ControlPlane => config_seen && text.contains("hearth-firstboot: stage kubeadm-init"),
+                Role::Worker => config_seen && text.contains("hearth-firstboot: done"),
+            };
+            assert!(!text.contains("hearth-firstboot: error"), "{name}'s first boot failed:\n{text}");
+            through &= done;
+            logs.push((name.clone(), text));
+        }
+        if through {
+            return Boot { logs, stages };
+        }
+        assert!(
+            started.elapsed() < BOOT_TIMEOUT,
+            "first boots not through within {BOOT_TIMEOUT:?}:\n{}",
+            logs.iter().map(|(n, l)| format!("== {n}\n{}", tail(l, 40))).collect::<String>()
+        );
+        std::thread::sleep(Duration::from_secs(3));
+    }
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n") + "\n"
+}
+
+/// The stand-in's record on one console: its argv line, the config's sha256
+/// and the config's lines.
+struct Recorded {
+    argv: String,
+    sha256: String,
+    config: Vec<String>,
+}
+
+fn recorded(log: &str) -> Recorded {
+    let after = |l: &str, key: &str| l.find(key).map(|i| l[i + key.len()..].trim_end().to_owned());
+    let argv = log.lines().find_map(|l| after(l, "kubeadm-stand-in: argv ")).expect("the stand-in ran");
+    let cfg = log.lines().find_map(|l| after(l, "kubeadm-stand-in: config ")).expect("with a config");
+    let sha256 = cfg.rsplit(' ').next().unwrap().to_owned();
+    let config = log.lines().filter_map(|l| after(l, "kubeadm-stand-in: | ")).collect();
+    Recorded { argv, sha256, config }
+}
+
+fn openssl_ca_hash(ca: &Path) -> String {
+    let out = sh(Command::new("sh").arg("-c").arg(format!(
+        "openssl x509 -pubkey -noout -in '{}' | openssl pkey -pubin -outform der | sha256sum",
+        ca.display()
+    )));
+    format!("sha256:{}", out.split_whitespace().next().unwrap())
+}
+
+#[allow(clippy::too_many_lines)]
+fn check_generation(env: &Env, spec_path: &Path, state: &Path, boot: &Boot, generation: u32) {
+    let a = parse_spec(&std::fs::read_to_string(spec_path).unwrap()).unwrap();
+    let token = std::fs::read_to_string(state.join("token")).unwrap().trim().to_owned();
+    let ca_hash = openssl_ca_hash(&state.join("pki/ca.crt"));
+    for ((name, log), node) in boot.logs.iter().zip(&a.nodes) {
+        assert_eq!(name, &node.name);
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains("hearth-firstboot: ")).collect();
+        let has = |needle: &str| lines.iter().any(|l| l.contains(needle));
+        assert!(has("configured hello ") && has("configured less "), "{name}: packages\n{}", lines.join("\n"));
+        assert!(has("ctr k8s.io image 127.0.0.1:"), "{name}: no image in containerd's k8s.io\n{}", lines.join("\n"));
+        let r = recorded(log);
+        let expected = match node.role {
+            Role::ControlPlane => {
+                assert_eq!(r.argv, "init --config /etc/hearth/kubeadm.yaml", "{name}");
+                hearth_appliance::kubeadm::init_config(&a, &token)
+            }
+            Role::Worker => {
+                assert_eq!(r.argv, "join --config /etc/hearth/kubeadm.yaml", "{name}");
+                let text = r.config.join("\n");
+                assert!(text.contains("apiServerEndpoint: 192.168.122.10:6443"), "{name}:\n{text}");
+                assert!(text.contains(&format!("token: {token}")), "{name}: token");
+                assert!(text.contains(&ca_hash), "{name}: the CA hash openssl computes, {ca_hash}:\n{text}");
+                assert!(!text.contains("unsafeSkipCAVerification: true"), "{name}");
+                hearth_appliance::kubeadm::join_config(&a, node, &token, &ca_hash)
+            }
+        };
+        assert_eq!(r.sha256, sha256_hex(expected.as_bytes()), "{name}: the config the node got is not what the host generated");
+    }
+    // hearth's own view, from inside the namespace.
+    let st = hearth(env, &["status", spec_path.to_str().unwrap(), "--json"]).ok();
+    let st: serde_json::Value = serde_json::from_str(&st.stdout).unwrap();
+    assert_eq!(st["generation"], generation);
+    for n in st["nodes"].as_array().unwrap() {
+        assert_eq!((n["vm"].as_str(), n["ip_answers"].as_bool()), (Some("running"), Some(true)), "{n}");
+    }
+    assert_eq!(st["nodes"][1]["firstboot"], "done");
+    assert_eq!(st["pending"], "api", "the stand-in starts no API server");
+}
+
+fn ping_from_namespace(ip: &str) {
+    let ok = Command::new("ip")
+        .args(["netns", "exec", NS, "ping", "-c", "1", "-W", "3", ip])
+        .output()
+        .unwrap()
+        .status
+        .success();
+    assert!(ok, "{ip} does not answer ping inside the namespace");
+}
+
+fn report(what: &str, boot: &Boot) {
+    eprintln!("{what}: time from launch to each first-boot stage (TCG, 3 guests on this machine):");
+    for (node, st) in &boot.stages {
+        for (line, t) in &st.0 {
+            eprintln!("  {node:<18} {t:>6.1} s  {line}");
+        }
+    }
+}
+
+#[test]
+fn launched_vms_run_kubeadm_as_generated_reinstall_and_destroy_only_ours() {
+    let Some(fixture) = common::fixture::vm_tests_fixture() else { return };
+    for tool in ["ip", "tini", "libvirtd", "virtlogd", "virsh", "qemu-system-x86_64", "genisoimage", "openssl", "ping"] {
+        assert!(common::require_tool(tool), "{tool}");
+    }
+    let mut env = Env::new();
+    let state_root = env.path("state");
+    env.env("HEARTH_STATE", state_root.to_str().unwrap());
+    let srv = Server::start();
+    let FixtureRecipe { recipe, .. } = common::fixture::write_fixture_recipe(
+        &env,
+        &srv,
+        &fixture,
+        &format!(
+            "[[files]]\npath = \"/usr/bin/kubeadm\"\nmode = \"0755\"\ncontent = '''\n{KUBEADM_STAND_IN}'''\n"
+        ),
+    );
+    env.run(&["build", recipe.to_str().unwrap()]).ok();
+    // qemu runs as libvirt-qemu: it must reach the overlays and the store image.
+    for dir in [env.dir.path(), &env.store, &env.path("recipe")] {
+        sh(Command::new("chmod").arg("a+rx").arg(dir));
+    }
+
+    let spec = env.path("recipe/appliance.toml");
+    std::fs::write(
+        &spec,
+        "name = \"vmtest\"\nlibvirt_uri = \"qemu:///system\"\ndomain_type = \"qemu\"\nrecipe = \"fixture.toml\"\n\
+         storage_dir = \"storage\"\n\
+         [[nodes]]\nname = \"k8s-control-plane\"\nrole = \"control-plane\"\nip = \"192.168.122.10\"\nvcpus = 2\nmemory_mib = 1792\ndisk_gib = 10\n\
+         [[nodes]]\nname = \"k8s-worker-1\"\nrole = \"worker\"\nip = \"192.168.122.11\"\nvcpus = 1\nmemory_mib = 1024\ndisk_gib = 10\n\
+         [[nodes]]\nname = \"k8s-worker-2\"\nrole = \"worker\"\nip = \"192.168.122.12\"\nvcpus = 1\nmemory_mib = 1024\ndisk_gib = 10\n",
+    )
+    .unwrap();
+    let spec_s = spec.to_str().unwrap();
+    let a = parse_spec(&std::fs::read_to_string(&spec).unwrap()).unwrap();
+    let storage = env.path("recipe/storage");
+    let nodes: Vec<(String, Role, PathBuf)> = a
+        .nodes
+        .iter()
+        .map(|n| (n.name.clone(), n.role, storage.join(format!("vmtest-{}.console.log", n.name))))
+        .collect();
+
+    let _daemons = Daemons::start();
+    // The test's own objects, which hearth must leave alone.
+    let bystander_net = env.path("bystander-net.xml");
+    std::fs::write(
+        &bystander_net,
+        "<network><name>bystander</name><ip address='10.213.7.1' netmask='255.255.255.0'/></network>",
+    )
+    .unwrap();
+    virsh(&["net-define", bystander_net.to_str().unwrap()]);
+    virsh(&["net-start", "bystander"]);
+    let bystander_dom = env.path("bystander-dom.xml");
+    std::fs::write(
+        &bystander_dom,
+        "<domain type='qemu'><name>bystander</name><memory unit='MiB'>64</memory><os><type arch='x86_64'>hvm</type></os></domain>",
+    )
+    .unwrap();
+    virsh(&["define", bystander_dom.to_str().unwrap()]);
+
+    // Launch, inside the namespace, until every fixed IP answers.
+    let started = Instant::now();
+    let r = hearth(&env, &["launch", spec_s, "--wait", "ip"]);
+    eprintln!("{}", r.stderr);
+    let r = r.ok();
+    r.stderr_has("started 3 VMs of appliance `vmtest` (generation 1)").stderr_has("reached ip");
+    let default = virsh(&["net-dumpxml", "default"]);
+    for n in &a.nodes {
+        ping_from_namespace(&n.ip.to_string());
+        let mac = hearth_appliance::cloudinit::mac_address(&a.name, &n.name);
+        assert!(default.contains(&format!("mac='{mac}'")) && default.contains(&format!("ip='{}'", n.ip)), "{default}");
+    }
+    let state = state_root.join("vmtest");
+    let boot = wait_for_first_boots(&nodes, started);
+    report("launch", &boot);
+    check_generation(&env, &spec, &state, &boot, 1);
+    let ca = std::fs::read(state.join("pki/ca.crt")).unwrap();
+    let token = std::fs::read(state.join("token")).unwrap();
+
+    // A launch of the running appliance reports and changes nothing.
+    hearth(&env, &["launch", spec_s]).ok().stderr_has("already running; nothing changed");
+
+    // Reinstall, offline: the same plumbing again, with the same PKI.
+    let started = Instant::now();
+    let r = hearth(&env, &["reinstall", spec_s, "--offline", "--wait", "ip"]);
+    eprintln!("{}", r.stderr);
+    r.ok().stderr_has("(generation 2)");
+    let boot = wait_for_first_boots(&nodes, started);
+    report("reinstall", &boot);
+    check_generation(&env, &spec, &state, &boot, 2);
+    assert_eq!(std::fs::read(state.join("pki/ca.crt")).unwrap(), ca);
+    assert_eq!(std::fs::read(state.join("token")).unwrap(), token);
+
+    // Destroy: nothing of hearth's is left; the test's own objects are untouched.
+    hearth(&env, &["destroy", spec_s]).ok().stdout_has("destroyed appliance `vmtest`: 3 domains");
+    let domains = virsh(&["list", "--all", "--name"]);
+    assert!(!domains.contains("vmtest-"), "{domains}");
+    assert!(domains.lines().any(|d| d == "bystander"), "{domains}");
+    let nets = virsh(&["net-list", "--all", "--name"]);
+    assert!(nets.lines().any(|n| n == "bystander"), "{nets}");
+    let default = virsh(&["net-dumpxml", "default"]);
+    for n in &a.nodes {
+        let mac = hearth_appliance::cloudinit::mac_address(&a.name, &n.name);
+        assert!(!default.contains(&mac), "reservation of {} left:\n{default}", n.name);
+    }
+    assert!(!virsh(&["dumpxml", "bystander"]).contains(hearth_appliance::xml::NAMESPACE));
+    assert!(!storage.join("vmtest-k8s-worker-1.qcow2").exists());
+    hearth(&env, &["destroy", spec_s]).ok().stdout_has("nothing to destroy");
+}
