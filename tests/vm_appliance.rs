@@ -61,7 +61,12 @@ exit 0
 
 fn sh(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -95,7 +100,7 @@ impl Daemons {
                 .args(["netns", "exec", NS, "tini", "-s", "--", daemon])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(std::fs::File::create(format!("/tmp/hearth-vmtest-{daemon}.log")).unwrap())
                 .spawn()
                 .unwrap_or_else(|e| panic!("starting {daemon}: {e}"));
             children.push(child);
@@ -113,9 +118,10 @@ impl Daemons {
 impl Drop for Daemons {
     fn drop(&mut self) {
         let list = |what: &str| {
-            Command::new("virsh").args(["-c", URI, what, "--all", "--name"]).output().map_or(String::new(), |o| {
-                String::from_utf8_lossy(&o.stdout).into_owned()
-            })
+            Command::new("virsh")
+                .args(["-c", URI, what, "--all", "--name"])
+                .output()
+                .map_or(String::new(), |o| String::from_utf8_lossy(&o.stdout).into_owned())
         };
         for d in list("list").lines().filter(|d| d.starts_with("vmtest-") || *d == "bystander") {
             let _ = Command::new("virsh").args(["-c", URI, "destroy", d]).output();
@@ -260,7 +266,11 @@ fn check_generation(env: &Env, spec_path: &Path, state: &Path, boot: &Boot, gene
                 hearth_appliance::kubeadm::join_config(&a, node, &token, &ca_hash)
             }
         };
-        assert_eq!(r.sha256, sha256_hex(expected.as_bytes()), "{name}: the config the node got is not what the host generated");
+        assert_eq!(
+            r.sha256,
+            sha256_hex(expected.as_bytes()),
+            "{name}: the config the node got is not what the host generated"
+        );
     }
     // hearth's own view, from inside the namespace.
     let st = hearth(env, &["status", spec_path.to_str().unwrap(), "--json"]).ok();
@@ -295,7 +305,8 @@ fn report(what: &str, boot: &Boot) {
 #[test]
 fn launched_vms_run_kubeadm_as_generated_reinstall_and_destroy_only_ours() {
     let Some(fixture) = common::fixture::vm_tests_fixture() else { return };
-    for tool in ["ip", "tini", "libvirtd", "virtlogd", "virsh", "qemu-system-x86_64", "genisoimage", "openssl", "ping"] {
+    for tool in ["ip", "tini", "libvirtd", "virtlogd", "virsh", "qemu-system-x86_64", "genisoimage", "openssl", "ping"]
+    {
         assert!(common::require_tool(tool), "{tool}");
     }
     let mut env = Env::new();
@@ -306,9 +317,7 @@ fn launched_vms_run_kubeadm_as_generated_reinstall_and_destroy_only_ours() {
         &env,
         &srv,
         &fixture,
-        &format!(
-            "[[files]]\npath = \"/usr/bin/kubeadm\"\nmode = \"0755\"\ncontent = '''\n{KUBEADM_STAND_IN}'''\n"
-        ),
+        &format!("[[files]]\npath = \"/usr/bin/kubeadm\"\nmode = \"0755\"\ncontent = '''\n{KUBEADM_STAND_IN}'''\n"),
     );
     env.run(&["build", recipe.to_str().unwrap()]).ok();
     // qemu runs as libvirt-qemu: it must reach the overlays and the store image.
