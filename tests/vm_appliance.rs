@@ -78,6 +78,24 @@ fn virsh(args: &[&str]) -> String {
 /// every domain and network the test left behind.
 struct Daemons {
     children: Vec<std::process::Child>,
+    /// /dev/kvm's mode and group before the test, to put back.
+    kvm: Option<(u32, u32)>,
+}
+
+/// On a real host udev makes /dev/kvm `root:kvm 0660` and the QEMU user is in
+/// `kvm`. In a container without udev it is root's alone; libvirtd then finds
+/// KVM "no longer available" on every lookup and probes QEMU anew (about 13 s
+/// per domain define under TCG). The test sets the host's usual access and
+/// puts the old one back. The guests still run under TCG (domain type qemu).
+fn kvm_as_udev_sets_it() -> Option<(u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata("/dev/kvm").ok()?;
+    let group = Command::new("getent").args(["group", "kvm"]).output().ok()?;
+    let gid: u32 = String::from_utf8_lossy(&group.stdout).split(':').nth(2)?.trim().parse().ok()?;
+    let old = (meta.mode() & 0o7777, meta.gid());
+    sh(Command::new("chgrp").arg(gid.to_string()).arg("/dev/kvm"));
+    sh(Command::new("chmod").arg("0660").arg("/dev/kvm"));
+    Some(old)
 }
 
 impl Daemons {
@@ -90,6 +108,7 @@ impl Daemons {
         let _ = Command::new("ip").args(["netns", "del", NS]).status();
         sh(Command::new("ip").args(["netns", "add", NS]));
         sh(Command::new("ip").args(["netns", "exec", NS, "ip", "link", "set", "lo", "up"]));
+        let kvm = kvm_as_udev_sets_it();
         let mut children = Vec::new();
         for daemon in ["virtlogd", "libvirtd"] {
             // Under `tini -s`, a subreaper: libvirtd's daemonized QEMU processes
@@ -111,7 +130,7 @@ impl Daemons {
             assert!(t.elapsed() < Duration::from_secs(30), "libvirtd did not come up in the namespace");
             std::thread::sleep(Duration::from_millis(300));
         }
-        Daemons { children }
+        Daemons { children, kvm }
     }
 }
 
@@ -155,11 +174,19 @@ impl Drop for Daemons {
             let _ = child.wait();
         }
         let _ = Command::new("ip").args(["netns", "del", NS]).status();
+        if let Some((mode, gid)) = self.kvm {
+            let _ = Command::new("chgrp").arg(gid.to_string()).arg("/dev/kvm").status();
+            let _ = Command::new("chmod").arg(format!("{mode:o}")).arg("/dev/kvm").status();
+        }
     }
 }
 
 /// `hearth` run inside the namespace.
 fn hearth(env: &Env, args: &[&str]) -> Run {
+    Run::from(hearth_cmd(env, args).output().expect("run hearth in the namespace"))
+}
+
+fn hearth_cmd(env: &Env, args: &[&str]) -> Command {
     let inner = env.cmd(args);
     let mut c = Command::new("ip");
     c.args(["netns", "exec", NS]).arg(inner.get_program()).args(inner.get_args());
@@ -170,7 +197,47 @@ fn hearth(env: &Env, args: &[&str]) -> Run {
         }
     }
     c.current_dir(inner.get_current_dir().unwrap());
-    Run::from(c.output().expect("run hearth in the namespace"))
+    c
+}
+
+/// Runs `hearth ARGS` in the namespace while watching the consoles, so that
+/// every first-boot stage gets the time it appeared at.
+fn hearth_watching(
+    env: &Env,
+    args: &[&str],
+    nodes: &[(String, Role, PathBuf)],
+    started: Instant,
+) -> (Run, Vec<Stages>) {
+    let out = env.path(&format!("{}.out", args[0]));
+    let err = env.path(&format!("{}.err", args[0]));
+    let mut child = hearth_cmd(env, args)
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    // A console log from before (a reinstall's previous generation) is not read:
+    // hearth replaces it, and the new one is another file.
+    let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).ok()?).into();
+    let old: Vec<Option<u64>> = nodes.iter().map(|(_, _, log)| inode(log)).collect();
+    let mut stages: Vec<Stages> = nodes.iter().map(|_| Stages::default()).collect();
+    let status = loop {
+        for (((_, _, log), st), old) in nodes.iter().zip(&mut stages).zip(&old) {
+            if old.is_some() && inode(log) == *old {
+                continue;
+            }
+            st.see(&std::fs::read_to_string(log).unwrap_or_default(), started.elapsed().as_secs_f64());
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let run = Run {
+        code: status.code().unwrap_or(-1),
+        stdout: std::fs::read_to_string(&out).unwrap(),
+        stderr: std::fs::read_to_string(&err).unwrap(),
+    };
+    (run, stages)
 }
 
 /// Lines the stand-in and first boot wrote, once every node is through.
@@ -179,8 +246,8 @@ struct Boot {
     stages: Vec<(String, Stages)>,
 }
 
-fn wait_for_first_boots(nodes: &[(String, Role, PathBuf)], started: Instant) -> Boot {
-    let mut stages: Vec<(String, Stages)> = nodes.iter().map(|(n, _, _)| (n.clone(), Stages::default())).collect();
+fn wait_for_first_boots(nodes: &[(String, Role, PathBuf)], started: Instant, seen: Vec<Stages>) -> Boot {
+    let mut stages: Vec<(String, Stages)> = nodes.iter().map(|(n, _, _)| n.clone()).zip(seen).collect();
     loop {
         let mut logs = Vec::new();
         let mut through = true;
@@ -364,7 +431,7 @@ fn launched_vms_run_kubeadm_as_generated_reinstall_and_destroy_only_ours() {
 
     // Launch, inside the namespace, until every fixed IP answers.
     let started = Instant::now();
-    let r = hearth(&env, &["launch", spec_s, "--wait", "ip"]);
+    let (r, seen) = hearth_watching(&env, &["launch", spec_s, "--wait", "ip"], &nodes, started);
     eprintln!("{}", r.stderr);
     let r = r.ok();
     r.stderr_has("started 3 VMs of appliance `vmtest` (generation 1)").stderr_has("reached ip");
@@ -375,7 +442,7 @@ fn launched_vms_run_kubeadm_as_generated_reinstall_and_destroy_only_ours() {
         assert!(default.contains(&format!("mac='{mac}'")) && default.contains(&format!("ip='{}'", n.ip)), "{default}");
     }
     let state = state_root.join("vmtest");
-    let boot = wait_for_first_boots(&nodes, started);
+    let boot = wait_for_first_boots(&nodes, started, seen);
     report("launch", &boot);
     check_generation(&env, &spec, &state, &boot, 1);
     let ca = std::fs::read(state.join("pki/ca.crt")).unwrap();
@@ -386,10 +453,10 @@ fn launched_vms_run_kubeadm_as_generated_reinstall_and_destroy_only_ours() {
 
     // Reinstall, offline: the same plumbing again, with the same PKI.
     let started = Instant::now();
-    let r = hearth(&env, &["reinstall", spec_s, "--offline", "--wait", "ip"]);
+    let (r, seen) = hearth_watching(&env, &["reinstall", spec_s, "--offline", "--wait", "ip"], &nodes, started);
     eprintln!("{}", r.stderr);
     r.ok().stderr_has("(generation 2)");
-    let boot = wait_for_first_boots(&nodes, started);
+    let boot = wait_for_first_boots(&nodes, started, seen);
     report("reinstall", &boot);
     check_generation(&env, &spec, &state, &boot, 2);
     assert_eq!(std::fs::read(state.join("pki/ca.crt")).unwrap(), ca);
