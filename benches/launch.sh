@@ -34,6 +34,12 @@ cleanup() {
     $V destroy "$d" >/dev/null 2>&1; $V undefine "$d" >/dev/null 2>&1
   done
   "$bin" --store "$work/store" --state "$work/state" -q destroy "$work/appliance.toml" >/dev/null 2>&1
+  for i in 1 2 3; do
+    for scope in --config --live; do
+      $V net-update default delete ip-dhcp-host "<host mac='52:54:00:be:00:0$i'/>" $scope >/dev/null 2>&1
+    done
+  done
+  $V net-destroy default >/dev/null 2>&1
   for pid in $(ip netns pids "$ns" 2>/dev/null); do kill "$pid" 2>/dev/null; done
   sleep 1
   ip netns del "$ns" 2>/dev/null
@@ -101,53 +107,83 @@ took() { sed -n "s/.*$1 took \([0-9.]*\) s.*/\1/p" | tail -n1; }
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 # The baseline: the same host-side steps with shell tools, on the files and
-# XML hearth made (domains renamed base-*).
-baseline_up() {
-  local s e n
+# XML hearth made (domains renamed base-*): reservations on `default` (when
+# asked), overlays, seeds, define, start.
+macs=()
+baseline_up() { # baseline_up reserve|keep
+  local s e n i=0 scope active
   s=$(date +%s.%N)
+  if [ "$1" = reserve ]; then
+    active=$($V net-info default | awk '/^Active:/ {print $2}')
+    if [ "$active" = yes ]; then scope="--live --config"; else scope="--config"; fi
+    for n in cp w1 w2; do
+      i=$((i + 1))
+      $V net-update default add-last ip-dhcp-host "<host mac='52:54:00:be:00:0$i' name='base-$n' ip='192.168.122.2$i'/>" $scope >/dev/null
+    done
+    [ "$active" = yes ] || $V net-start default >/dev/null
+  fi
   for n in cp w1 w2; do
     qemu-img create -q -f qcow2 -F qcow2 -b "$image/disk.qcow2" "$work/base-$n.qcow2" 10G
     genisoimage -quiet -output "$work/base-$n.iso" -volid cidata -joliet -rock \
-      "$work/state/bench/seeds/$n/user-data" "$work/state/bench/seeds/$n/meta-data" \
-      "$work/state/bench/seeds/$n/network-config"
+      "$work/seeds/$n/user-data" "$work/seeds/$n/meta-data" "$work/seeds/$n/network-config"
     $V define "$work/base-$n.xml" >/dev/null
     $V start "base-$n" >/dev/null
   done
   e=$(date +%s.%N)
   echo "$e - $s" | bc -l
 }
-baseline_down() {
+baseline_down() { # baseline_down [unreserve]
+  local n i=0
   for n in cp w1 w2; do
+    i=$((i + 1))
     $V destroy "base-$n" >/dev/null 2>&1 || true
     $V undefine "base-$n" >/dev/null
     rm -f "$work/base-$n.qcow2" "$work/base-$n.iso"
+    if [ "${1:-}" = unreserve ]; then
+      $V net-update default delete ip-dhcp-host "<host mac='52:54:00:be:00:0$i'/>" --live --config >/dev/null
+    fi
   done
 }
+# `default` as Debian ships it (defined, not started) or as Ubuntu runs it.
+default_state() {
+  if [ "$1" = inactive ]; then $V net-destroy default >/dev/null 2>&1 || true
+  else $V net-start default >/dev/null 2>&1 || true; fi
+}
 
-launches=(); reinstalls=(); base_launch=(); base_reinstall=()
-for i in 1 2 3; do
-  launches+=("$(h launch "$work/appliance.toml" --wait running 2>&1 >/dev/null | took "host side")")
-  reinstalls+=("$(h reinstall "$work/appliance.toml" --wait running 2>&1 >/dev/null | took "reinstall host side")")
-  if [ "$i" = 1 ]; then
-    image=$(sed -n 's/.*"image": "\(.*\)".*/\1/p' "$work/state/bench/launched.json")
-    for n in cp w1 w2; do
-      $V dumpxml "bench-$n" --inactive | sed -e "s|<name>bench-$n</name>|<name>base-$n</name>|" \
-        -e '/<uuid>/d' -e "/<mac address/d" -e "s|$work/storage/bench-$n.qcow2|$work/base-$n.qcow2|" \
-        -e "s|$work/storage/bench-$n.seed.iso|$work/base-$n.iso|" \
-        -e "s|$work/storage/bench-$n.console.log|$work/base-$n.log|" \
-        -e '/<metadata>/,/<\/metadata>/d' > "$work/base-$n.xml"
-    done
-  fi
-  h -q destroy "$work/appliance.toml" >/dev/null
-  base_launch+=("$(baseline_up)")
-  # Reinstall, shell style: destroy and undefine, remove files, recreate, start.
-  s=$(date +%s.%N); baseline_down; up=$(baseline_up); e=$(date +%s.%N)
-  base_reinstall+=("$(echo "$e - $s" | bc -l)")
-  baseline_down
+declare -A hl hr bl br
+for case in inactive running; do
+  for i in 1 2 3; do
+    default_state "$case"
+    h -v launch "$work/appliance.toml" --wait running 2>"$work/launch.err" >/dev/null
+    grep "host side:" "$work/launch.err" | sed "s/^/  ($case default) /" >&2
+    hl[$case]+="$(took "host side" < "$work/launch.err") "
+    hr[$case]+="$(h reinstall "$work/appliance.toml" --wait running 2>&1 >/dev/null | took "reinstall host side") "
+    if [ -z "${image:-}" ]; then
+      image=$(sed -n 's/.*"image": "\(.*\)".*/\1/p' "$work/state/bench/launched.json")
+      cp -r "$work/state/bench/seeds" "$work/seeds"
+      for n in cp w1 w2; do
+        $V dumpxml "bench-$n" --inactive | sed -e "s|<name>bench-$n</name>|<name>base-$n</name>|" \
+          -e '/<uuid>/d' -e "/<mac address/d" -e "s|$work/storage/bench-$n.qcow2|$work/base-$n.qcow2|" \
+          -e "s|$work/storage/bench-$n.seed.iso|$work/base-$n.iso|" \
+          -e "s|$work/storage/bench-$n.console.log|$work/base-$n.log|" \
+          -e '/<metadata>/,/<\/metadata>/d' > "$work/base-$n.xml"
+      done
+    fi
+    h -q destroy "$work/appliance.toml" >/dev/null
+    default_state "$case"
+    bl[$case]+="$(baseline_up reserve) " || exit 1
+    # Reinstall, shell style: destroy and undefine, remove files, recreate, start.
+    s=$(date +%s.%N); baseline_down; baseline_up keep >/dev/null; e=$(date +%s.%N)
+    br[$case]+="$(echo "$e - $s" | bc -l) "
+    baseline_down unreserve
+  done
 done
-l=$(printf '%s\n' "${launches[@]}" | median); bl=$(printf '%s\n' "${base_launch[@]}" | median)
-r=$(printf '%s\n' "${reinstalls[@]}" | median); br=$(printf '%s\n' "${base_reinstall[@]}" | median)
-printf 'host-side launch, 3 nodes:    hearth %.3f s   shell tools %.3f s   ratio %.2fx   (target < 1 s)\n' \
-  "$l" "$bl" "$(echo "$l / $bl" | bc -l)"
-printf 'host-side reinstall, 3 nodes: hearth %.3f s   shell tools %.3f s   ratio %.2fx   (target < 2 s)\n' \
-  "$r" "$br" "$(echo "$r / $br" | bc -l)"
+for case in inactive running; do
+  echo "($case default) hearth launch: ${hl[$case]}; reinstall: ${hr[$case]}; shell launch: ${bl[$case]}; reinstall: ${br[$case]}"
+  l=$(printf '%s\n' ${hl[$case]} | median); b=$(printf '%s\n' ${bl[$case]} | median)
+  r=$(printf '%s\n' ${hr[$case]} | median); c=$(printf '%s\n' ${br[$case]} | median)
+  printf 'host-side launch, 3 nodes, `default` %-8s  hearth %.3f s   shell tools %.3f s   ratio %.2fx   (target < 1 s)\n' \
+    "$case:" "$l" "$b" "$(echo "$l / $b" | bc -l)"
+  printf 'host-side reinstall, 3 nodes, `default` %-8s hearth %.3f s   shell tools %.3f s   ratio %.2fx   (target < 2 s)\n' \
+    "$case:" "$r" "$c" "$(echo "$r / $c" | bc -l)"
+done

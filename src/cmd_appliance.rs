@@ -168,15 +168,22 @@ fn find_image(g: &Global, a: &Appliance) -> Result<PathBuf, Failure> {
 }
 
 /// Prepares and starts generation `generation` of `a` from `image`.
-fn bring_up(g: &Global, a: &Appliance, state: &State, image: &Path, generation: u32) -> anyhow::Result<Launched> {
+fn bring_up(
+    g: &Global,
+    lv: &Libvirt,
+    a: &Appliance,
+    state: &State,
+    image: &Path,
+    generation: u32,
+) -> anyhow::Result<Launched> {
     let started = Instant::now();
     let key = ssh_public_key(a)?;
     if key.is_none() {
         note(g, "note: no SSH public key (~/.ssh/id_ed25519.pub or `ssh_public_key`): `hearth ssh` will not get in");
     }
-    let lv = Libvirt::open(&a.libvirt_uri)?;
     let dtype = domain_type(a);
     state.pki().context("making the appliance's PKI")?;
+    let pki_done = started.elapsed();
     let plans = launch::prepare(
         a,
         &Image::in_entry(image),
@@ -189,6 +196,7 @@ fn bring_up(g: &Global, a: &Appliance, state: &State, image: &Path, generation: 
         },
     )
     .with_context(|| format!("preparing the nodes of appliance `{}`", a.name))?;
+    let prepared = started.elapsed();
     let launched = Launched {
         appliance: a.clone(),
         image: image.to_owned(),
@@ -207,11 +215,22 @@ fn bring_up(g: &Global, a: &Appliance, state: &State, image: &Path, generation: 
     };
     // Recorded before libvirt sees anything, so destroy knows even a half launch.
     state.save_launched(&launched)?;
-    let net = launch::launch(&lv, a, &plans).with_context(|| format!("launching appliance `{}`", a.name))?;
+    let net = launch::launch(lv, a, &plans).with_context(|| format!("launching appliance `{}`", a.name))?;
+    if g.verbose > 0 {
+        note(
+            g,
+            &format!(
+                "host side: PKI {:.2} s, overlays and seeds {:.2} s, network and domains {:.2} s",
+                pki_done.as_secs_f64(),
+                (prepared - pki_done).as_secs_f64(),
+                (started.elapsed() - prepared).as_secs_f64()
+            ),
+        );
+    }
     match net {
         NetworkUse::Defined(n) => note(g, &format!("network `{n}`: defined and started")),
         NetworkUse::Present(n) => note(g, &format!("network `{n}`: hearth's, present")),
-        NetworkUse::Reused { name, added, started, note: warn } => {
+        NetworkUse::Reused { name, added, started, note: warn, .. } => {
             note(
                 g,
                 &format!(
@@ -237,10 +256,16 @@ fn bring_up(g: &Global, a: &Appliance, state: &State, image: &Path, generation: 
 }
 
 /// Waits until `until`, with a live line; prints the status table at the end.
-fn wait_and_report(g: &Global, state: &State, l: &Launched, until: Stage, timeout: Option<u64>) -> CmdResult {
-    let lv = Libvirt::open(&l.appliance.libvirt_uri)?;
+fn wait_and_report(
+    g: &Global,
+    lv: &Libvirt,
+    state: &State,
+    l: &Launched,
+    until: Stage,
+    timeout: Option<u64>,
+) -> CmdResult {
     let kubeconfig = state.admin_kubeconfig(&l.appliance)?;
-    let mut checker = Checker::new(&lv, l, &kubeconfig)?;
+    let mut checker = Checker::new(lv, l, &kubeconfig)?;
     let live = std::cell::RefCell::new(Live::new(g.quiet));
     let timeouts = |s: Stage| timeout.map_or_else(|| s.default_timeout(), Duration::from_secs);
     let result = checker.wait(until, &timeouts, &mut |t| live.borrow_mut().update(t), &mut |s, t| {
@@ -301,14 +326,13 @@ pub fn launch(g: &Global, args: &LaunchArgs) -> CmdResult {
                     lv.start(&l.appliance.name, d)?;
                     note(g, &format!("started stopped domain `{d}`"));
                 }
-                return wait_and_report(g, &state, &l, args.wait, args.timeout);
+                return wait_and_report(g, &lv, &state, &l, args.wait, args.timeout);
             }
         }
         None => (find_image(g, &a)?, 1),
     };
-    drop(lv);
-    let l = bring_up(g, &a, &state, &image, generation)?;
-    wait_and_report(g, &state, &l, args.wait, args.timeout)
+    let l = bring_up(g, &lv, &a, &state, &image, generation)?;
+    wait_and_report(g, &lv, &state, &l, args.wait, args.timeout)
 }
 
 pub fn reinstall(g: &Global, args: &LaunchArgs) -> CmdResult {
@@ -334,7 +358,6 @@ pub fn reinstall(g: &Global, args: &LaunchArgs) -> CmdResult {
     }
     let lv = Libvirt::open(&l.appliance.libvirt_uri)?;
     let removed = launch::teardown(&lv, &l.appliance, &l.appliance.storage_dir, true)?;
-    drop(lv);
     state.forget_host_keys()?;
     note(
         g,
@@ -345,9 +368,9 @@ pub fn reinstall(g: &Global, args: &LaunchArgs) -> CmdResult {
         ),
     );
     // The spec on record: a reinstall recreates what was launched.
-    let next = bring_up(g, &l.appliance, &state, &l.image, l.generation + 1)?;
+    let next = bring_up(g, &lv, &l.appliance, &state, &l.image, l.generation + 1)?;
     note(g, &format!("reinstall host side took {:.2} s", started.elapsed().as_secs_f64()));
-    wait_and_report(g, &state, &next, args.wait, args.timeout)
+    wait_and_report(g, &lv, &state, &next, args.wait, args.timeout)
 }
 
 pub fn destroy(g: &Global, args: &ApplianceArg) -> CmdResult {

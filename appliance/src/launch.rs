@@ -19,7 +19,8 @@ use hearth_builder::cmd::{self, CmdError};
 use crate::libvirt::{Libvirt, LibvirtError, NetworkUse};
 use crate::pki::{Pki, PkiError};
 use crate::seed;
-use crate::spec::Appliance;
+use crate::spec::{Appliance, NodeSpec};
+use crate::state::{StateError, write_atomic};
 use crate::xml;
 
 /// Errors of preparing or launching.
@@ -34,6 +35,9 @@ pub enum LaunchError {
     /// libvirt.
     #[error(transparent)]
     Libvirt(#[from] LibvirtError),
+    /// A state file.
+    #[error(transparent)]
+    State(#[from] StateError),
     /// A file.
     #[error("{op} `{}`", path.display())]
     Io {
@@ -101,66 +105,96 @@ pub struct Options<'a> {
     pub domain_type: &'a str,
 }
 
-/// Prepares every node's files (overlays and seeds are made anew).
+/// Prepares every node's files (overlays and seeds are made anew), the nodes
+/// side by side: each is two short-lived processes and a few small files.
 pub fn prepare(a: &Appliance, image: &Image, o: &Options) -> Result<Vec<NodePlan>, LaunchError> {
     let pki = Pki::load_or_create(o.state)?;
     let ca_hash = pki.ca_cert_hash()?;
     fs::create_dir_all(o.storage).map_err(io("creating", o.storage))?;
-    let mut plans = Vec::new();
-    for node in &a.nodes {
-        let domain = a.domain_name(node);
-        let disk = o.storage.join(format!("{domain}.qcow2"));
-        let seed_img = o.storage.join(format!("{domain}.seed.iso"));
-        let console_log = o.storage.join(format!("{domain}.console.log"));
-        for old in [&disk, &seed_img, &console_log] {
-            match fs::remove_file(old) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io("removing", old)(e)),
-                _ => {}
-            }
+    std::thread::scope(|s| {
+        let workers: Vec<_> = a
+            .nodes
+            .iter()
+            .map(|node| {
+                let (pki, ca_hash) = (&pki, &ca_hash);
+                s.spawn(move || prepare_node(a, node, image, o, pki, ca_hash))
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().expect("a node's preparation panicked")).collect()
+    })
+}
+
+fn prepare_node(
+    a: &Appliance,
+    node: &NodeSpec,
+    image: &Image,
+    o: &Options,
+    pki: &Pki,
+    ca_hash: &str,
+) -> Result<NodePlan, LaunchError> {
+    let domain = a.domain_name(node);
+    let disk = o.storage.join(format!("{domain}.qcow2"));
+    let seed_img = o.storage.join(format!("{domain}.seed.iso"));
+    let console_log = o.storage.join(format!("{domain}.console.log"));
+    for old in [&disk, &seed_img, &console_log] {
+        match fs::remove_file(old) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io("removing", old)(e)),
+            _ => {}
         }
-        cmd::run(
-            Command::new("qemu-img")
-                .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
-                .arg(&image.disk)
-                .arg(&disk)
-                .arg(format!("{}G", node.disk_gib)),
-        )?;
-        // The seed holds secrets (the token; on the control plane the CA keys).
-        let docs = seed::node_seed(a, node, &pki, &ca_hash, o.generation, o.ssh_key);
-        let dir = o.state.join("seeds").join(&node.name);
-        fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(io("protecting", &dir))?;
-        for (name, body) in
-            [("meta-data", &docs.meta_data), ("network-config", &docs.network_config), ("user-data", &docs.user_data)]
-        {
-            let p = dir.join(name);
-            fs::write(&p, body).map_err(io("writing", &p))?;
-            fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).map_err(io("protecting", &p))?;
-        }
-        cmd::run(
-            Command::new("genisoimage")
-                .args(["-quiet", "-output"])
-                .arg(&seed_img)
-                .args(["-volid", "cidata", "-joliet", "-rock"])
-                .arg(dir.join("user-data"))
-                .arg(dir.join("meta-data"))
-                .arg(dir.join("network-config")),
-        )?;
-        fs::set_permissions(&seed_img, fs::Permissions::from_mode(0o600)).map_err(io("protecting", &seed_img))?;
-        let files = xml::NodeFiles { disk: &disk, seed: &seed_img, console_log: &console_log };
-        let boot = xml::Boot::Kernel { kernel: &image.kernel, initrd: &image.initrd };
-        let xml_text = xml::domain(a, node, &files, &boot, o.domain_type, o.generation);
-        plans.push(NodePlan { node: node.name.clone(), domain, disk, seed: seed_img, console_log, xml: xml_text });
     }
-    Ok(plans)
+    cmd::run(
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+            .arg(&image.disk)
+            .arg(&disk)
+            .arg(format!("{}G", node.disk_gib)),
+    )?;
+    // The seed holds secrets (the token; on the control plane the CA keys).
+    let docs = seed::node_seed(a, node, pki, ca_hash, o.generation, o.ssh_key);
+    let dir = o.state.join("seeds").join(&node.name);
+    fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(io("protecting", &dir))?;
+    for (name, body) in
+        [("meta-data", &docs.meta_data), ("network-config", &docs.network_config), ("user-data", &docs.user_data)]
+    {
+        write_atomic(&dir.join(name), body.as_bytes(), 0o600)?;
+    }
+    let iso = seed_img.with_extension("iso.partial");
+    cmd::run(
+        Command::new("genisoimage")
+            .args(["-quiet", "-output"])
+            .arg(&iso)
+            .args(["-volid", "cidata", "-joliet", "-rock"])
+            .arg(dir.join("user-data"))
+            .arg(dir.join("meta-data"))
+            .arg(dir.join("network-config")),
+    )?;
+    fs::set_permissions(&iso, fs::Permissions::from_mode(0o600)).map_err(io("protecting", &iso))?;
+    fs::rename(&iso, &seed_img).map_err(io("writing", &seed_img))?;
+    let files = xml::NodeFiles { disk: &disk, seed: &seed_img, console_log: &console_log };
+    let boot = xml::Boot::Kernel { kernel: &image.kernel, initrd: &image.initrd };
+    let xml_text = xml::domain(a, node, &files, &boot, o.domain_type, o.generation);
+    Ok(NodePlan { node: node.name.clone(), domain, disk, seed: seed_img, console_log, xml: xml_text })
 }
 
 /// Ensures the network, then defines and starts every prepared domain.
 pub fn launch(lv: &Libvirt, a: &Appliance, plans: &[NodePlan]) -> Result<NetworkUse, LaunchError> {
     let net = lv.ensure_network(a)?;
-    for p in plans {
-        lv.define_and_start(&a.name, &p.domain, &p.xml)?;
-    }
+    // Side by side: most of a start is QEMU coming up, and libvirt serves
+    // concurrent calls on one connection. A running network hearth reuses gets
+    // its live DHCP reservations meanwhile (libvirt restarts dnsmasq for each,
+    // about 0.35 s); the guests use their static addresses either way.
+    let live = matches!(net, NetworkUse::Reused { live_pending: true, .. });
+    std::thread::scope(|s| {
+        let reservations = live.then(|| s.spawn(|| lv.add_live_reservations(a)));
+        let starts: Vec<_> =
+            plans.iter().map(|p| s.spawn(move || lv.define_and_start(&a.name, &p.domain, &p.xml))).collect();
+        starts.into_iter().try_for_each(|t| t.join().expect("a domain start panicked"))?;
+        if let Some(r) = reservations {
+            r.join().expect("adding reservations panicked")?;
+        }
+        Ok::<_, LibvirtError>(())
+    })?;
     Ok(net)
 }
 

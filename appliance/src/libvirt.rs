@@ -60,6 +60,8 @@ pub enum NetworkUse {
         added: usize,
         /// Whether it was inactive and hearth started it.
         started: bool,
+        /// It runs: [`Libvirt::add_live_reservations`] is still to be called.
+        live_pending: bool,
         /// A warning worth showing.
         note: Option<String>,
     },
@@ -93,10 +95,11 @@ fn attr(xml: &str, tag: &str, attr: &str) -> Option<String> {
 }
 
 /// Adds (or removes) the appliance's DHCP reservations on network `net`,
-/// in its persistent config and, when it runs, in its live state, each where
-/// it is missing (or present): the two can differ after an interrupted run.
-/// Returns how many nodes needed a change.
-fn reservations(net: &Network, name: &str, a: &Appliance, add: bool) -> Result<usize, LibvirtError> {
+/// in its persistent config and, when it runs, in its live state (as far as
+/// `scope`, `VIR_NETWORK_UPDATE_AFFECT_*` bits, allows), each where it is
+/// missing (or present): the two can differ after an interrupted run. Returns
+/// how many nodes needed a change.
+fn reservations(net: &Network, name: &str, a: &Appliance, add: bool, scope: u32) -> Result<usize, LibvirtError> {
     let active = call(|| format!("reading network `{name}`"), net.is_active())?;
     // The test driver keeps one definition and refuses the flag.
     let config = call(
@@ -115,6 +118,7 @@ fn reservations(net: &Network, name: &str, a: &Appliance, add: bool) -> Result<u
         if live.as_deref().is_some_and(needs) {
             flags |= sys::VIR_NETWORK_UPDATE_AFFECT_LIVE;
         }
+        flags &= scope;
         if flags == 0 {
             continue;
         }
@@ -187,7 +191,7 @@ impl Libvirt {
             });
         }
         let active = call(|| format!("reading network `{name}`"), net.is_active())?;
-        let added = reservations(&net, name, a, true)?;
+        let added = reservations(&net, name, a, true, sys::VIR_NETWORK_UPDATE_AFFECT_CONFIG)?;
         // Defined but not started (Debian does not autostart `default`): the
         // domains cannot run without it, so start it, as virt-install would.
         let started = !active;
@@ -204,7 +208,15 @@ impl Libvirt {
                 a.cluster.metallb_pool
             )
         });
-        Ok(NetworkUse::Reused { name: name.clone(), added, started, note })
+        Ok(NetworkUse::Reused { name: name.clone(), added, started, live_pending: active, note })
+    }
+
+    /// Adds the reservations [`Libvirt::ensure_network`] put in a running reused
+    /// network's config to its live state too.
+    pub fn add_live_reservations(&self, a: &Appliance) -> Result<usize, LibvirtError> {
+        let name = &a.network.name;
+        let net = call(|| format!("looking up network `{name}`"), Network::lookup_by_name(&self.conn, name))?;
+        reservations(&net, name, a, true, sys::VIR_NETWORK_UPDATE_AFFECT_LIVE)
     }
 
     /// Names of the domains hearth made for `appliance`, sorted.
@@ -288,7 +300,8 @@ impl Libvirt {
                 call(|| format!("undefining network `{name}`"), net.undefine())?;
                 removed.network = Some(name.clone());
             } else {
-                removed.reservations = reservations(&net, name, a, false)?;
+                let both = sys::VIR_NETWORK_UPDATE_AFFECT_CONFIG | sys::VIR_NETWORK_UPDATE_AFFECT_LIVE;
+                removed.reservations = reservations(&net, name, a, false, both)?;
             }
         }
         Ok(removed)

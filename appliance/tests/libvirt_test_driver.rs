@@ -31,12 +31,14 @@ fn reuse_define_and_destroy_only_what_is_ours() {
     // libvirt's default network holds 192.168.122.0/24: reused, reservations added once.
     let a = Appliance::default();
     match lv.ensure_network(&a).unwrap() {
-        NetworkUse::Reused { name, added, started, note } => {
-            assert_eq!((name.as_str(), added, started), ("default", 3, false));
+        NetworkUse::Reused { name, added, started, live_pending, note } => {
+            assert_eq!((name.as_str(), added, started, live_pending), ("default", 3, false, true));
             assert!(note.unwrap().contains("includes the MetalLB pool"), "its .2-.254 range is worth a warning");
         }
         other => panic!("{other:?}"),
     }
+    // It runs: the live state gets them separately (launch does it while the domains start).
+    assert_eq!(lv.add_live_reservations(&a).unwrap(), 3);
     assert!(matches!(lv.ensure_network(&a).unwrap(), NetworkUse::Reused { added: 0, .. }));
     let net = lv.network_xml("default").unwrap();
     assert!(net.contains("ip='192.168.122.10'") && net.contains("ip='192.168.122.12'"), "{net}");
