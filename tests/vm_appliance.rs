@@ -220,7 +220,29 @@ fn hearth_watching(
     let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).ok()?).into();
     let old: Vec<Option<u64>> = nodes.iter().map(|(_, _, log)| inode(log)).collect();
     let mut stages: Vec<Stages> = nodes.iter().map(|_| Stages::default()).collect();
+    // libvirt's view of the reservations, logged whenever it changes (a
+    // diagnosis aid: they must appear once and stay).
+    let mut hosts = String::new();
     let status = loop {
+        let now = Command::new("virsh")
+            .args(["-c", URI, "net-dumpxml", "default"])
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .filter(|l| l.contains("<host "))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default();
+        if now != hosts {
+            eprintln!(
+                "{:>6.1} s  reservations on `default`: {}",
+                started.elapsed().as_secs_f64(),
+                now.split("<host ").count() - 1
+            );
+            hosts = now;
+        }
         for (((_, _, log), st), old) in nodes.iter().zip(&mut stages).zip(&old) {
             if old.is_some() && inode(log) == *old {
                 continue;

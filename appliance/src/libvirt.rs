@@ -197,6 +197,12 @@ impl Libvirt {
         let started = !active;
         if started {
             call(|| format!("starting network `{name}`"), net.create())?;
+            // A network left running by a libvirtd that was killed comes back
+            // inactive with its old live definition; libvirt 9.0 then keeps only
+            // the last config update and starts from the stale definition. Check
+            // both again now that it runs (normally nothing to do).
+            let both = sys::VIR_NETWORK_UPDATE_AFFECT_CONFIG | sys::VIR_NETWORK_UPDATE_AFFECT_LIVE;
+            reservations(&net, name, a, true, both)?;
         }
         let range = attr(&desc, "range", "start")
             .zip(attr(&desc, "range", "end"))
