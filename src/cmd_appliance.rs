@@ -182,26 +182,12 @@ fn bring_up(
         note(g, "note: no SSH public key (~/.ssh/id_ed25519.pub or `ssh_public_key`): `hearth ssh` will not get in");
     }
     let dtype = domain_type(a);
-    state.pki().context("making the appliance's PKI")?;
-    let pki_done = started.elapsed();
-    let plans = launch::prepare(
-        a,
-        &Image::in_entry(image),
-        &Options {
-            state: state.dir(),
-            storage: &a.storage_dir,
-            generation,
-            ssh_key: key.as_ref().map(|(_, k)| k.as_str()),
-            domain_type: &dtype,
-        },
-    )
-    .with_context(|| format!("preparing the nodes of appliance `{}`", a.name))?;
-    let prepared = started.elapsed();
-    let launched = Launched {
+    let (mut pki_done, mut prepared) = (Duration::ZERO, Duration::ZERO);
+    let record = |plans: &[launch::NodePlan]| Launched {
         appliance: a.clone(),
         image: image.to_owned(),
         generation,
-        domain_type: dtype,
+        domain_type: dtype.clone(),
         nodes: plans
             .iter()
             .map(|p| LaunchedNode {
@@ -213,14 +199,36 @@ fn bring_up(
             })
             .collect(),
     };
-    // Recorded before libvirt sees anything, so destroy knows even a half launch.
-    state.save_launched(&launched)?;
-    let net = launch::launch(lv, a, &plans).with_context(|| format!("launching appliance `{}`", a.name))?;
+    let (net, plans) = launch::up(
+        lv,
+        a,
+        || {
+            state.pki()?;
+            pki_done = started.elapsed();
+            let plans = launch::prepare(
+                a,
+                &Image::in_entry(image),
+                &Options {
+                    state: state.dir(),
+                    storage: &a.storage_dir,
+                    generation,
+                    ssh_key: key.as_ref().map(|(_, k)| k.as_str()),
+                    domain_type: &dtype,
+                },
+            );
+            prepared = started.elapsed();
+            plans
+        },
+        // Recorded before any domain is defined, so destroy knows even a half launch.
+        |plans| Ok(state.save_launched(&record(plans))?),
+    )
+    .with_context(|| format!("launching appliance `{}`", a.name))?;
+    let launched = record(&plans);
     if g.verbose > 0 {
         note(
             g,
             &format!(
-                "host side: PKI {:.2} s, overlays and seeds {:.2} s, network and domains {:.2} s",
+                "host side: PKI {:.2} s, overlays and seeds {:.2} s (the network alongside), domains {:.2} s",
                 pki_done.as_secs_f64(),
                 (prepared - pki_done).as_secs_f64(),
                 (started.elapsed() - prepared).as_secs_f64()

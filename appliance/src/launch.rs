@@ -180,22 +180,61 @@ fn prepare_node(
 /// Ensures the network, then defines and starts every prepared domain.
 pub fn launch(lv: &Libvirt, a: &Appliance, plans: &[NodePlan]) -> Result<NetworkUse, LaunchError> {
     let net = lv.ensure_network(a)?;
-    // Side by side: most of a start is QEMU coming up, and libvirt serves
-    // concurrent calls on one connection. A running network hearth reuses gets
-    // its live DHCP reservations meanwhile (libvirt restarts dnsmasq for each,
-    // about 0.35 s); the guests use their static addresses either way.
     let live = matches!(net, NetworkUse::Reused { live_pending: true, .. });
     std::thread::scope(|s| {
         let reservations = live.then(|| s.spawn(|| lv.add_live_reservations(a)));
-        let starts: Vec<_> =
-            plans.iter().map(|p| s.spawn(move || lv.define_and_start(&a.name, &p.domain, &p.xml))).collect();
-        starts.into_iter().try_for_each(|t| t.join().expect("a domain start panicked"))?;
+        start_domains(lv, a, plans)?;
         if let Some(r) = reservations {
             r.join().expect("adding reservations panicked")?;
         }
         Ok::<_, LibvirtError>(())
     })?;
     Ok(net)
+}
+
+/// The whole host side, its slow parts overlapped: the network is made ready
+/// (and a running reused network gets its live DHCP reservations, about 0.35 s
+/// each: libvirt restarts dnsmasq for every one) while `prepare` makes the PKI,
+/// overlays and seeds; `record` sees the plans before any domain is defined;
+/// then the domains start side by side. The guests use their static addresses,
+/// so they need not wait for the live reservations.
+pub fn up<P, R>(lv: &Libvirt, a: &Appliance, prepare: P, record: R) -> Result<(NetworkUse, Vec<NodePlan>), LaunchError>
+where
+    P: FnOnce() -> Result<Vec<NodePlan>, LaunchError>,
+    R: FnOnce(&[NodePlan]) -> Result<(), LaunchError>,
+{
+    std::thread::scope(|s| {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<bool>();
+        let network = s.spawn(move || {
+            let net = lv.ensure_network(a);
+            let _ = ready_tx.send(net.is_ok());
+            let net = net?;
+            if matches!(net, NetworkUse::Reused { live_pending: true, .. }) {
+                lv.add_live_reservations(a)?;
+            }
+            Ok::<_, LibvirtError>(net)
+        });
+        let prepared = prepare().and_then(|plans| record(&plans).map(|()| plans));
+        let network_ready = ready_rx.recv().unwrap_or(false);
+        let started = match &prepared {
+            Ok(plans) if network_ready => start_domains(lv, a, plans),
+            _ => Ok(()),
+        };
+        let net = network.join().expect("network setup panicked")?;
+        let plans = prepared?;
+        started?;
+        Ok((net, plans))
+    })
+}
+
+/// Defines and starts the domains side by side: most of a start is QEMU coming
+/// up, and libvirt serves concurrent calls on one connection.
+fn start_domains(lv: &Libvirt, a: &Appliance, plans: &[NodePlan]) -> Result<(), LibvirtError> {
+    std::thread::scope(|s| {
+        let starts: Vec<_> =
+            plans.iter().map(|p| s.spawn(move || lv.define_and_start(&a.name, &p.domain, &p.xml))).collect();
+        starts.into_iter().try_for_each(|t| t.join().expect("a domain start panicked"))
+    })
 }
 
 /// Removes the domains and their overlays and seeds (and, unless `keep_network`,
