@@ -60,6 +60,17 @@ fn state_root(g: &Global) -> anyhow::Result<PathBuf> {
     Ok(base.join("hearth").join("appliances"))
 }
 
+/// Connects to libvirt; a refused connection gets a hint about the daemon.
+fn open_libvirt(uri: &str) -> Result<Libvirt, Failure> {
+    Libvirt::open(uri).map_err(|e| Failure {
+        error: e.into(),
+        hint: Some(format!(
+            "is libvirtd running and may this user use `{uri}`? (`sudo systemctl start libvirtd`; or join the \
+             `libvirt` group; `libvirt_uri` in appliance.toml picks another)"
+        )),
+    })
+}
+
 fn store_root_name(a: &Appliance) -> String {
     format!("appliance-{}", a.name)
 }
@@ -299,7 +310,7 @@ pub fn launch(g: &Global, args: &LaunchArgs) -> CmdResult {
     let a = load_spec(args.appliance.as_deref())?;
     let state = State::new(&state_root(g)?, &a.name);
     let _lock = state.lock()?;
-    let lv = Libvirt::open(&a.libvirt_uri)?;
+    let lv = open_libvirt(&a.libvirt_uri)?;
     let (image, generation) = match state.launched()? {
         Some(l) => {
             let mut missing = Vec::new();
@@ -364,7 +375,7 @@ pub fn reinstall(g: &Global, args: &LaunchArgs) -> CmdResult {
             hint: Some(format!("`hearth build {}`, then `hearth destroy` and `hearth launch`", a.recipe.display())),
         });
     }
-    let lv = Libvirt::open(&l.appliance.libvirt_uri)?;
+    let lv = open_libvirt(&l.appliance.libvirt_uri)?;
     let removed = launch::teardown(&lv, &l.appliance, &l.appliance.storage_dir, true)?;
     state.forget_host_keys()?;
     note(
@@ -388,7 +399,7 @@ pub fn destroy(g: &Global, args: &ApplianceArg) -> CmdResult {
     let recorded = state.launched()?;
     if recorded.is_none() {
         // Still make sure nothing of ours is left in libvirt (a lost record).
-        let lv = Libvirt::open(&a.libvirt_uri)?;
+        let lv = open_libvirt(&a.libvirt_uri)?;
         if lv.owned_domains(&a.name)?.is_empty() && !owns_network(&lv, &a)? {
             state.remove()?;
             #[allow(clippy::print_stdout)]
@@ -399,7 +410,7 @@ pub fn destroy(g: &Global, args: &ApplianceArg) -> CmdResult {
         }
     }
     let target = recorded.as_ref().map_or(&a, |l| &l.appliance);
-    let lv = Libvirt::open(&target.libvirt_uri)?;
+    let lv = open_libvirt(&target.libvirt_uri)?;
     let removed = launch::teardown(&lv, target, &target.storage_dir, false)?;
     if let Ok(store) = crate::open_store(g) {
         store.remove_root(&store_root_name(target))?;
@@ -447,7 +458,7 @@ fn launched_or_fail(g: &Global, arg: Option<&Path>) -> Result<(State, Launched),
 
 pub fn status(g: &Global, args: &ApplianceJsonArg) -> CmdResult {
     let (state, l) = launched_or_fail(g, args.appliance.as_deref())?;
-    let lv = Libvirt::open(&l.appliance.libvirt_uri)?;
+    let lv = open_libvirt(&l.appliance.libvirt_uri)?;
     let kubeconfig = state.admin_kubeconfig(&l.appliance)?;
     let st = Checker::new(&lv, &l, &kubeconfig)?.status()?;
     print_status(&st, args.json)
