@@ -531,7 +531,7 @@ pub fn kubeconfig(g: &Global, args: &KubeconfigArgs) -> CmdResult {
     let path = state.admin_kubeconfig(&l.appliance)?;
     let ours = std::fs::read_to_string(&path).with_context(|| format!("reading `{}`", path.display()))?;
     if let Some(out) = &args.output {
-        hearth_appliance::state::write_atomic(out, ours.as_bytes(), 0o600)?;
+        hearth_appliance::files::write_atomic(out, ours.as_bytes(), 0o600)?;
         note(g, &format!("wrote the admin kubeconfig of `{}` to `{}` (0600)", l.appliance.name, out.display()));
         return Ok(());
     }
@@ -550,7 +550,7 @@ pub fn kubeconfig(g: &Global, args: &KubeconfigArgs) -> CmdResult {
         if let Some(dir) = target.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating `{}`", dir.display()))?;
         }
-        hearth_appliance::state::write_atomic(&target, merged.as_bytes(), 0o600)?;
+        hearth_appliance::files::write_atomic(&target, merged.as_bytes(), 0o600)?;
         note(
             g,
             &format!(

@@ -16,11 +16,11 @@ use std::process::Command;
 
 use hearth_builder::cmd::{self, CmdError};
 
+use crate::files::{FileError, remove_if_present, write_atomic};
 use crate::libvirt::{Libvirt, LibvirtError, NetworkUse};
 use crate::pki::{Pki, PkiError};
 use crate::seed;
 use crate::spec::{Appliance, NodeSpec};
-use crate::state::{StateError, write_atomic};
 use crate::xml;
 
 /// Errors of preparing or launching.
@@ -35,9 +35,12 @@ pub enum LaunchError {
     /// libvirt.
     #[error(transparent)]
     Libvirt(#[from] LibvirtError),
-    /// A state file.
+    /// A node's file.
     #[error(transparent)]
-    State(#[from] StateError),
+    File(#[from] FileError),
+    /// The state directory.
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
     /// A file.
     #[error("{op} `{}`", path.display())]
     Io {
@@ -137,10 +140,7 @@ fn prepare_node(
     let seed_img = o.storage.join(format!("{domain}.seed.iso"));
     let console_log = o.storage.join(format!("{domain}.console.log"));
     for old in [&disk, &seed_img, &console_log] {
-        match fs::remove_file(old) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io("removing", old)(e)),
-            _ => {}
-        }
+        remove_if_present(old)?;
     }
     cmd::run(
         Command::new("qemu-img")
@@ -177,27 +177,13 @@ fn prepare_node(
     Ok(NodePlan { node: node.name.clone(), domain, disk, seed: seed_img, console_log, xml: xml_text })
 }
 
-/// Ensures the network, then defines and starts every prepared domain.
-pub fn launch(lv: &Libvirt, a: &Appliance, plans: &[NodePlan]) -> Result<NetworkUse, LaunchError> {
-    let net = lv.ensure_network(a)?;
-    let live = matches!(net, NetworkUse::Reused { live_pending: true, .. });
-    std::thread::scope(|s| {
-        let reservations = live.then(|| s.spawn(|| lv.add_live_reservations(a)));
-        start_domains(lv, a, plans)?;
-        if let Some(r) = reservations {
-            r.join().expect("adding reservations panicked")?;
-        }
-        Ok::<_, LibvirtError>(())
-    })?;
-    Ok(net)
-}
-
 /// The whole host side, its slow parts overlapped: the network is made ready
 /// (and a running reused network gets its live DHCP reservations, about 0.35 s
 /// each: libvirt restarts dnsmasq for every one) while `prepare` makes the PKI,
 /// overlays and seeds; `record` sees the plans before any domain is defined;
 /// then the domains start side by side. The guests use their static addresses,
-/// so they need not wait for the live reservations.
+/// so they need not wait for the live reservations. (Already made plans can be
+/// passed as `|| Ok(plans)`.)
 pub fn up<P, R>(lv: &Libvirt, a: &Appliance, prepare: P, record: R) -> Result<(NetworkUse, Vec<NodePlan>), LaunchError>
 where
     P: FnOnce() -> Result<Vec<NodePlan>, LaunchError>,
@@ -249,11 +235,7 @@ pub fn teardown(
     for node in &a.nodes {
         let domain = a.domain_name(node);
         for suffix in ["qcow2", "seed.iso", "console.log"] {
-            let p = storage.join(format!("{domain}.{suffix}"));
-            match fs::remove_file(&p) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io("removing", &p)(e)),
-                _ => {}
-            }
+            remove_if_present(&storage.join(format!("{domain}.{suffix}")))?;
         }
     }
     Ok(removed)

@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod cloudinit;
+pub mod files;
 pub mod kubeadm;
 pub mod kubeconfig;
 pub mod launch;

@@ -8,13 +8,14 @@
 //! reinstall keeps the cluster's identity.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, PKCS_RSA_SHA256};
 use sha2::Digest as _;
+
+use crate::files::write_atomic;
 
 /// Years a CA is valid (kubeadm's default for CAs).
 const CA_YEARS: i32 = 10;
@@ -50,6 +51,9 @@ pub enum PkiError {
         /// Why.
         why: String,
     },
+    /// A PKI file.
+    #[error(transparent)]
+    File(#[from] crate::files::FileError),
     /// The system's random source.
     #[error("reading random bytes")]
     Random(#[from] getrandom::Error),
@@ -203,16 +207,7 @@ impl Pki {
             let dir = path.parent().expect("has a parent");
             fs::create_dir_all(dir).map_err(io("creating"))?;
             fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io("protecting"))?;
-            let tmp = path.with_extension("partial");
-            let mut f = fs::OpenOptions::new()
-                .create(true)
-                .truncate(true)
-                .write(true)
-                .mode(if secret { 0o600 } else { 0o644 })
-                .open(&tmp)
-                .map_err(io("writing"))?;
-            f.write_all(body.as_bytes()).and_then(|()| f.sync_all()).map_err(io("writing"))?;
-            fs::rename(&tmp, &path).map_err(io("writing"))?;
+            write_atomic(&path, body.as_bytes(), if secret { 0o600 } else { 0o644 })?;
         }
         Ok(())
     }

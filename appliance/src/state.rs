@@ -7,12 +7,12 @@
 //! hearth made even after a half-finished launch.
 
 use std::fs;
-use std::io::Write as _;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::files::{FileError, remove_if_present, write_atomic};
 use crate::pki::{Pki, PkiError};
 use crate::spec::Appliance;
 
@@ -49,6 +49,9 @@ pub enum StateError {
     /// The PKI.
     #[error(transparent)]
     Pki(#[from] PkiError),
+    /// A state file.
+    #[error(transparent)]
+    File(#[from] FileError),
 }
 
 fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StateError + 'a {
@@ -159,7 +162,7 @@ impl State {
         self.ensure_dir()?;
         let mut body = serde_json::to_string_pretty(l).expect("the record serialises");
         body.push('\n');
-        write_atomic(&self.record_path(), body.as_bytes(), 0o644)
+        Ok(write_atomic(&self.record_path(), body.as_bytes(), 0o644)?)
     }
 
     /// The PKI, made on first use.
@@ -187,7 +190,7 @@ impl State {
 
     /// Forgets the node host keys (a reinstall makes new ones).
     pub fn forget_host_keys(&self) -> Result<(), StateError> {
-        remove_if_present(&self.known_hosts())
+        Ok(remove_if_present(&self.known_hosts())?)
     }
 
     /// Removes the whole state directory (PKI included).
@@ -197,34 +200,6 @@ impl State {
             _ => Ok(()),
         }
     }
-
-    /// Whether anything is recorded here.
-    pub fn exists(&self) -> bool {
-        self.record_path().exists()
-    }
-}
-
-/// Removes a file; a missing one is fine.
-pub fn remove_if_present(path: &Path) -> Result<(), StateError> {
-    match fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io("removing", path)(e)),
-        _ => Ok(()),
-    }
-}
-
-/// Writes `path` by rename from a sibling, with `mode` from the start.
-pub fn write_atomic(path: &Path, body: &[u8], mode: u32) -> Result<(), StateError> {
-    let tmp = path.with_extension("partial");
-    let mut f = fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io("writing", &tmp))?;
-    f.set_permissions(fs::Permissions::from_mode(mode)).map_err(io("protecting", &tmp))?;
-    f.write_all(body).and_then(|()| f.sync_all()).map_err(io("writing", &tmp))?;
-    fs::rename(&tmp, path).map_err(io("writing", path))
 }
 
 #[cfg(test)]

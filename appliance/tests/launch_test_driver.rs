@@ -75,7 +75,7 @@ fn prepare_launch_and_reinstall() {
     assert!(meta.contains("instance-id: k8s-myhome-k8s-worker-1-1"), "{meta}");
 
     let lv = Libvirt::open("test:///default").unwrap();
-    launch::launch(&lv, &a, &plans).unwrap();
+    launch::up(&lv, &a, || Ok(plans.clone()), |_| Ok(())).unwrap();
     assert_eq!(lv.owned_domains(&a.name).unwrap().len(), 3);
     let ca_before = Pki::load_or_create(&state).unwrap().ca_cert_hash().unwrap();
 
@@ -84,7 +84,7 @@ fn prepare_launch_and_reinstall() {
     assert_eq!(removed.domains.len(), 3);
     assert!(!plans[0].disk.exists() && !plans[0].seed.exists());
     let plans2 = launch::prepare(&a, &image, &opts(2)).unwrap();
-    launch::launch(&lv, &a, &plans2).unwrap();
+    launch::up(&lv, &a, || Ok(plans2.clone()), |_| Ok(())).unwrap();
     assert_eq!(Pki::load_or_create(&state).unwrap().ca_cert_hash().unwrap(), ca_before, "reinstall keeps the PKI");
     let meta = out(Command::new("isoinfo").args(["-R", "-x", "/meta-data", "-i"]).arg(&plans2[1].seed));
     assert!(meta.contains("instance-id: k8s-myhome-k8s-worker-1-2"), "{meta}");
