@@ -7,9 +7,9 @@ mod cli;
 mod cmd_appliance;
 mod cmd_fetch;
 mod cmd_store;
+mod dirs;
 mod progress;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -78,26 +78,9 @@ fn run(cli: Cli) -> CmdResult {
     }
 }
 
-/// The store directory: `--store`/`HEARTH_STORE`, else the default for this user.
-pub fn store_dir(g: &Global) -> anyhow::Result<PathBuf> {
-    if let Some(s) = &g.store {
-        return Ok(s.clone());
-    }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
-        return Ok(PathBuf::from("/var/lib/hearth/store"));
-    }
-    let data = std::env::var_os("XDG_DATA_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-        .ok_or_else(|| anyhow::anyhow!("neither --store, XDG_DATA_HOME nor HOME is set"))?;
-    Ok(data.join("hearth").join("store"))
-}
-
 /// Opens the store, naming it on failure.
 pub fn open_store(g: &Global) -> anyhow::Result<hearth_builder::store::Store> {
     use anyhow::Context as _;
-    let dir = store_dir(g)?;
+    let dir = dirs::store_dir(g)?;
     hearth_builder::store::Store::open(&dir).with_context(|| format!("opening the store at `{}`", dir.display()))
 }

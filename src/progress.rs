@@ -1,10 +1,11 @@
 //! The terminal [`Reporter`]: one progress bar per download plus a total bar
 //! (bytes, rate, ETA) on a terminal; plain notes on stderr otherwise; nothing but
-//! errors under `--quiet`.
+//! errors under `--quiet`. [`Live`]: a status line for waits.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use hearth_builder::report::{Reporter, TaskId};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -42,10 +43,7 @@ impl Progress {
         if self.draw {
             let _ = self.multi.println(text);
         } else {
-            #[allow(clippy::print_stderr)]
-            {
-                eprintln!("{text}");
-            }
+            eprintln!("{text}");
         }
     }
 
@@ -95,5 +93,57 @@ impl Reporter for Progress {
     }
     fn note(&self, message: &str) {
         self.line(&format!("note: {message}"));
+    }
+}
+
+/// A status line that redraws in place on a terminal and is printed only when
+/// it says something new otherwise.
+pub struct Live {
+    bar: Option<ProgressBar>,
+    last: std::cell::RefCell<String>,
+    quiet: bool,
+}
+
+impl Live {
+    pub fn new(quiet: bool) -> Live {
+        let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
+            let b = ProgressBar::new_spinner();
+            b.enable_steady_tick(Duration::from_millis(120));
+            b
+        });
+        Live { bar, last: std::cell::RefCell::new(String::new()), quiet }
+    }
+
+    /// Shows `text` as the live line.
+    pub fn update(&self, text: &str) {
+        match &self.bar {
+            Some(b) => b.set_message(text.to_owned()),
+            None => {
+                // The seconds counter at the end changes every time: compare without it.
+                let key = text.rsplit_once(" (").map_or(text, |(k, _)| k).to_owned();
+                let mut last = self.last.borrow_mut();
+                if key != *last && !self.quiet {
+                    eprintln!("{text}");
+                    *last = key;
+                }
+            }
+        }
+    }
+
+    /// Prints a line above the live line.
+    pub fn line(&self, text: &str) {
+        if self.quiet {
+            return;
+        }
+        match &self.bar {
+            Some(b) => b.println(text),
+            None => eprintln!("{text}"),
+        }
+    }
+
+    pub fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
     }
 }

@@ -1,6 +1,9 @@
 //! `hearth launch | status | reinstall | destroy | kubeconfig` against libvirt's
 //! built-in `test:///default` driver (no daemon; every process starts from the
 //! driver's own fresh state, whose `default` network holds 192.168.122.0/24).
+//! Every `hearth` here runs in a fresh, empty network namespace
+//! (`Env::isolated`): its probes of the node addresses meet "unreachable"
+//! there, which the test asserts, and never reach a real host.
 //! The image is a real build of the small Ubuntu-shaped base. What a real
 //! libvirtd and real VMs do is tests/vm_appliance.rs.
 
@@ -53,7 +56,7 @@ fn launch_status_kubeconfig_reinstall_destroy_on_the_test_driver() {
     if !tools_present() {
         return;
     }
-    let mut env = Env::new();
+    let mut env = Env::isolated();
     let state = env.path("state");
     env.env("HEARTH_STATE", state.to_str().unwrap());
     let spec = setup(&env);
@@ -71,6 +74,8 @@ fn launch_status_kubeconfig_reinstall_destroy_on_the_test_driver() {
         "{}",
         r.stdout
     );
+    // The probes ran in the test's empty namespace: no route, no packet out.
+    assert_eq!(r.stdout.matches("no (unreachable)").count(), 3, "{}", r.stdout);
 
     // Per node: a thin overlay backed by the store image, a private seed.
     let app = state.join("lab");
@@ -153,7 +158,7 @@ fn bad_appliances_are_refused_before_anything_is_made() {
     if !tools_present() {
         return;
     }
-    let mut env = Env::new();
+    let mut env = Env::isolated();
     let state = env.path("state");
     env.env("HEARTH_STATE", state.to_str().unwrap());
     let dir = env.path("bad");

@@ -30,7 +30,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::fixture::{FixtureRecipe, Stages};
-use common::{Env, Run, sha256_hex};
+use common::{Env, Net, Run, sha256_hex};
 use hearth_appliance::spec::{Role, parse_spec};
 use hearth_testsupport::Server;
 
@@ -187,17 +187,8 @@ fn hearth(env: &Env, args: &[&str]) -> Run {
 }
 
 fn hearth_cmd(env: &Env, args: &[&str]) -> Command {
-    let inner = env.cmd(args);
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", NS]).arg(inner.get_program()).args(inner.get_args());
-    c.env_clear();
-    for (k, v) in inner.get_envs() {
-        if let Some(v) = v {
-            c.env(k, v);
-        }
-    }
-    c.current_dir(inner.get_current_dir().unwrap());
-    c
+    assert!(matches!(&env.net, Net::Namespace(ns) if ns == NS), "hearth runs in the test's namespace");
+    env.cmd(args)
 }
 
 /// Runs `hearth ARGS` in the namespace while watching the consoles, so that
@@ -409,6 +400,9 @@ fn launched_vms_run_kubeadm_as_generated_reinstall_and_destroy_only_ours() {
         &format!("[[files]]\npath = \"/usr/bin/kubeadm\"\nmode = \"0755\"\ncontent = '''\n{KUBEADM_STAND_IN}'''\n"),
     );
     env.run(&["build", recipe.to_str().unwrap()]).ok();
+    // From here on every `hearth` runs inside the namespace (the build above
+    // fetched from the loopback server outside it).
+    env.net = Net::Namespace(NS.into());
     // qemu runs as libvirt-qemu: it must reach the overlays and the store image.
     for dir in [env.dir.path(), &env.store, &env.path("recipe")] {
         sh(Command::new("chmod").arg("a+rx").arg(dir));

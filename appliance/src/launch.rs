@@ -5,14 +5,15 @@
 //! the PKI and the image, prepare the next generation, launch again: nothing
 //! here touches the network beyond libvirt's own.
 //!
-//! Phases of [`prepare`]: PKI (load or create) -> per node: overlay, seed,
-//! domain XML. [`launch`] then ensures the network and defines and starts the
-//! domains.
+//! [`up`] reads top-down: the network on its own thread; here the PKI (loaded
+//! or made once), then [`prepare`] per node (overlay, seed, domain XML), the
+//! record; then the domains defined and started.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use hearth_builder::cmd::{self, CmdError};
 
@@ -21,6 +22,7 @@ use crate::libvirt::{Libvirt, LibvirtError, NetworkUse};
 use crate::pki::{Pki, PkiError};
 use crate::seed;
 use crate::spec::{Appliance, NodeSpec};
+use crate::state::{Launched, State};
 use crate::xml;
 
 /// Errors of preparing or launching.
@@ -110,8 +112,7 @@ pub struct Options<'a> {
 
 /// Prepares every node's files (overlays and seeds are made anew), the nodes
 /// side by side: each is two short-lived processes and a few small files.
-pub fn prepare(a: &Appliance, image: &Image, o: &Options) -> Result<Vec<NodePlan>, LaunchError> {
-    let pki = Pki::load_or_create(o.state)?;
+pub fn prepare(a: &Appliance, pki: &Pki, image: &Image, o: &Options) -> Result<Vec<NodePlan>, LaunchError> {
     let ca_hash = pki.ca_cert_hash()?;
     fs::create_dir_all(o.storage).map_err(io("creating", o.storage))?;
     std::thread::scope(|s| {
@@ -119,7 +120,7 @@ pub fn prepare(a: &Appliance, image: &Image, o: &Options) -> Result<Vec<NodePlan
             .nodes
             .iter()
             .map(|node| {
-                let (pki, ca_hash) = (&pki, &ca_hash);
+                let ca_hash = &ca_hash;
                 s.spawn(move || prepare_node(a, node, image, o, pki, ca_hash))
             })
             .collect();
@@ -177,18 +178,37 @@ fn prepare_node(
     Ok(NodePlan { node: node.name.clone(), domain, disk, seed: seed_img, console_log, xml: xml_text })
 }
 
-/// The whole host side, its slow parts overlapped: the network is made ready
-/// (and a running reused network gets its live DHCP reservations, about 0.35 s
-/// each: libvirt restarts dnsmasq for every one) while `prepare` makes the PKI,
-/// overlays and seeds; `record` sees the plans before any domain is defined;
-/// then the domains start side by side. The guests use their static addresses,
-/// so they need not wait for the live reservations. (Already made plans can be
-/// passed as `|| Ok(plans)`.)
-pub fn up<P, R>(lv: &Libvirt, a: &Appliance, prepare: P, record: R) -> Result<(NetworkUse, Vec<NodePlan>), LaunchError>
-where
-    P: FnOnce() -> Result<Vec<NodePlan>, LaunchError>,
-    R: FnOnce(&[NodePlan]) -> Result<(), LaunchError>,
-{
+/// Where the host side of a launch spent its time.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Timings {
+    /// Loading or making the PKI.
+    pub pki: Duration,
+    /// Overlays and seeds (with the network made alongside).
+    pub files: Duration,
+    /// Defining and starting the domains.
+    pub domains: Duration,
+}
+
+/// What [`up`] did.
+#[derive(Debug)]
+pub struct Up {
+    /// What was done with the network.
+    pub network: NetworkUse,
+    /// The record, as written before any domain was defined.
+    pub launched: Launched,
+    /// Where the time went.
+    pub timings: Timings,
+}
+
+/// The whole host side of a launch, its slow parts overlapped: the network is
+/// made ready (and a running reused network gets its live DHCP reservations,
+/// about 0.35 s each: libvirt restarts dnsmasq for every one) on a thread of
+/// its own, while this thread loads the PKI once, prepares the nodes and writes
+/// the record (before any domain is defined, so that destroy knows even a half
+/// launch); then the domains start side by side. The guests use their static
+/// addresses, so they need not wait for the live reservations.
+pub fn up(lv: &Libvirt, a: &Appliance, state: &State, image: &Path, o: &Options) -> Result<Up, LaunchError> {
+    let began = Instant::now();
     std::thread::scope(|s| {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<bool>();
         let network = s.spawn(move || {
@@ -200,16 +220,30 @@ where
             }
             Ok::<_, LibvirtError>(net)
         });
-        let prepared = prepare().and_then(|plans| record(&plans).map(|()| plans));
+
+        let mut timings = Timings::default();
+        let mut host_side = || -> Result<(Vec<NodePlan>, Launched), LaunchError> {
+            let pki = state.pki()?;
+            timings.pki = began.elapsed();
+            let plans = prepare(a, &pki, &Image::in_entry(image), o)?;
+            timings.files = began.elapsed() - timings.pki;
+            let launched = Launched::new(a, image, o.generation, o.domain_type, &plans);
+            state.save_launched(&launched)?;
+            Ok((plans, launched))
+        };
+        let prepared = host_side();
+
         let network_ready = ready_rx.recv().unwrap_or(false);
+        let domains_began = Instant::now();
         let started = match &prepared {
-            Ok(plans) if network_ready => start_domains(lv, a, plans),
+            Ok((plans, _)) if network_ready => start_domains(lv, a, plans),
             _ => Ok(()),
         };
-        let net = network.join().expect("network setup panicked")?;
-        let plans = prepared?;
+        timings.domains = domains_began.elapsed();
+        let network = network.join().expect("network setup panicked")?;
+        let (_, launched) = prepared?;
         started?;
-        Ok((net, plans))
+        Ok(Up { network, launched, timings })
     })
 }
 

@@ -11,6 +11,7 @@ pub mod kubeadm;
 pub mod kubeconfig;
 pub mod launch;
 pub mod libvirt;
+pub mod lifecycle;
 pub mod pki;
 pub mod ready;
 pub mod seed;

@@ -313,6 +313,14 @@ impl Libvirt {
         Ok(removed)
     }
 
+    /// Whether anything of appliance `a` is on its network: the network is
+    /// hearth's own for it, or carries one of its node reservations.
+    pub fn owns_network(&self, a: &Appliance) -> Result<bool, LibvirtError> {
+        let Ok(net) = Network::lookup_by_name(&self.conn, &a.network.name) else { return Ok(false) };
+        let desc = call(|| format!("reading network `{}`", a.network.name), net.get_xml_desc(0))?;
+        Ok(xml::owned_by(&desc, &a.name) || a.nodes.iter().any(|n| desc.contains(&mac_address(&a.name, &n.name))))
+    }
+
     /// The XML of a network (for tests and status).
     pub fn network_xml(&self, name: &str) -> Result<String, LibvirtError> {
         let net = call(|| format!("looking up network `{name}`"), Network::lookup_by_name(&self.conn, name))?;

@@ -109,12 +109,54 @@ pub fn firstboot_stage(log: &str) -> Option<String> {
     stage
 }
 
-/// Whether a node's network stack answers at `ip`: a TCP connection to port 22
-/// that is accepted or actively refused.
-pub fn answers(ip: Ipv4Addr, timeout: Duration) -> bool {
+/// What a TCP connection to a node's port 22 met.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Probe {
+    /// Not tried (the VM does not run).
+    NotProbed,
+    /// Accepted: sshd listens.
+    Accepted,
+    /// Actively refused: the guest's stack is up, sshd is not (yet).
+    Refused,
+    /// No route to the address from here (no such network in this namespace).
+    Unreachable,
+    /// No answer in time.
+    Timeout,
+    /// Another error.
+    Failed,
+}
+
+impl Probe {
+    /// Whether the node's network stack answered (accepted or refused).
+    pub fn answers(self) -> bool {
+        matches!(self, Probe::Accepted | Probe::Refused)
+    }
+
+    /// A word for the table.
+    pub fn name(self) -> &'static str {
+        match self {
+            Probe::NotProbed => "not probed",
+            Probe::Accepted => "accepted",
+            Probe::Refused => "refused",
+            Probe::Unreachable => "unreachable",
+            Probe::Timeout => "timeout",
+            Probe::Failed => "failed",
+        }
+    }
+}
+
+/// Tries a TCP connection to `ip:22`.
+pub fn probe(ip: Ipv4Addr, timeout: Duration) -> Probe {
+    use std::io::ErrorKind as K;
     match TcpStream::connect_timeout(&SocketAddr::from((ip, 22)), timeout) {
-        Ok(_) => true,
-        Err(e) => e.kind() == std::io::ErrorKind::ConnectionRefused,
+        Ok(_) => Probe::Accepted,
+        Err(e) => match e.kind() {
+            K::ConnectionRefused => Probe::Refused,
+            K::NetworkUnreachable | K::HostUnreachable => Probe::Unreachable,
+            K::TimedOut | K::WouldBlock => Probe::Timeout,
+            _ => Probe::Failed,
+        },
     }
 }
 
@@ -133,6 +175,8 @@ pub struct NodeStatus {
     pub vm: String,
     /// Whether the address answers.
     pub ip_answers: bool,
+    /// What the connection to port 22 met.
+    pub ip_probe: Probe,
     /// First-boot stage from the console log.
     pub firstboot: Option<String>,
     /// `Ready`, `NotReady`, or absent when the API does not list it.
@@ -294,6 +338,7 @@ impl<'a> Checker<'a> {
         let mut nodes = Vec::new();
         for (spec, rec) in a.nodes.iter().zip(&l.nodes) {
             let vm = self.vm_state(&rec.domain)?;
+            let ip_probe = if vm == "running" { probe(spec.ip, Duration::from_millis(700)) } else { Probe::NotProbed };
             let log = std::fs::read_to_string(&rec.console_log).unwrap_or_default();
             nodes.push(NodeStatus {
                 name: spec.name.clone(),
@@ -304,7 +349,8 @@ impl<'a> Checker<'a> {
                 ip: spec.ip,
                 domain: rec.domain.clone(),
                 vm: vm.into(),
-                ip_answers: vm == "running" && answers(spec.ip, Duration::from_millis(700)),
+                ip_answers: ip_probe.answers(),
+                ip_probe,
                 firstboot: firstboot_stage(&log),
                 kubernetes: None,
             });
@@ -442,6 +488,6 @@ mod tests {
         let ok = l.local_addr().unwrap();
         assert!(TcpStream::connect_timeout(&ok, Duration::from_secs(1)).is_ok());
         // Port 22 on loopback: refused (or a real sshd): either way it answers.
-        assert!(answers(Ipv4Addr::LOCALHOST, Duration::from_secs(1)));
+        assert!(probe(Ipv4Addr::LOCALHOST, Duration::from_secs(1)).answers());
     }
 }

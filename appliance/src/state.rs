@@ -89,6 +89,34 @@ pub struct Launched {
     pub nodes: Vec<LaunchedNode>,
 }
 
+impl Launched {
+    /// The record of generation `generation` of `a`, from its node plans.
+    pub fn new(
+        a: &Appliance,
+        image: &Path,
+        generation: u32,
+        domain_type: &str,
+        plans: &[crate::launch::NodePlan],
+    ) -> Launched {
+        Launched {
+            appliance: a.clone(),
+            image: image.to_owned(),
+            generation,
+            domain_type: domain_type.to_owned(),
+            nodes: plans
+                .iter()
+                .map(|p| LaunchedNode {
+                    name: p.node.clone(),
+                    domain: p.domain.clone(),
+                    disk: p.disk.clone(),
+                    seed: p.seed.clone(),
+                    console_log: p.console_log.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
 /// The state directory of one appliance.
 #[derive(Clone, Debug)]
 pub struct State {

@@ -13,6 +13,7 @@ use hearth_appliance::launch::{self, Image, Options};
 use hearth_appliance::libvirt::Libvirt;
 use hearth_appliance::pki::Pki;
 use hearth_appliance::spec::Appliance;
+use hearth_appliance::state::State;
 
 fn tools() -> bool {
     ["qemu-img", "genisoimage", "isoinfo"].iter().all(|t| common::require_tool(t, "--version"))
@@ -37,6 +38,7 @@ fn prepare_launch_and_reinstall() {
     std::fs::write(entry.join("initrd.img"), b"initrd").unwrap();
     let image = Image::in_entry(&entry);
     let (state, storage) = (dir.path().join("state"), dir.path().join("storage"));
+    let st = State::new(dir.path(), "state");
     let a = Appliance::default();
     let opts = |generation| Options {
         state: &state,
@@ -46,7 +48,7 @@ fn prepare_launch_and_reinstall() {
         domain_type: "qemu",
     };
 
-    let plans = launch::prepare(&a, &image, &opts(1)).unwrap();
+    let plans = launch::prepare(&a, &st.pki().unwrap(), &image, &opts(1)).unwrap();
     assert_eq!(plans.len(), 3);
     for p in &plans {
         let info = out(Command::new("qemu-img").args(["info", "--output=json"]).arg(&p.disk));
@@ -75,7 +77,12 @@ fn prepare_launch_and_reinstall() {
     assert!(meta.contains("instance-id: k8s-myhome-k8s-worker-1-1"), "{meta}");
 
     let lv = Libvirt::open("test:///default").unwrap();
-    launch::up(&lv, &a, || Ok(plans.clone()), |_| Ok(())).unwrap();
+    let up = launch::up(&lv, &a, &st, &entry, &opts(1)).unwrap();
+    assert_eq!(st.launched().unwrap().as_ref(), Some(&up.launched), "the record is written");
+    assert_eq!(
+        up.launched.nodes.iter().map(|n| &n.disk).collect::<Vec<_>>(),
+        plans.iter().map(|p| &p.disk).collect::<Vec<_>>()
+    );
     assert_eq!(lv.owned_domains(&a.name).unwrap().len(), 3);
     let ca_before = Pki::load_or_create(&state).unwrap().ca_cert_hash().unwrap();
 
@@ -83,8 +90,8 @@ fn prepare_launch_and_reinstall() {
     let removed = launch::teardown(&lv, &a, &storage, true).unwrap();
     assert_eq!(removed.domains.len(), 3);
     assert!(!plans[0].disk.exists() && !plans[0].seed.exists());
-    let plans2 = launch::prepare(&a, &image, &opts(2)).unwrap();
-    launch::up(&lv, &a, || Ok(plans2.clone()), |_| Ok(())).unwrap();
+    let plans2 = launch::up(&lv, &a, &st, &entry, &opts(2)).unwrap().launched.nodes;
+    assert_eq!(st.launched().unwrap().unwrap().generation, 2);
     assert_eq!(Pki::load_or_create(&state).unwrap().ca_cert_hash().unwrap(), ca_before, "reinstall keeps the PKI");
     let meta = out(Command::new("isoinfo").args(["-R", "-x", "/meta-data", "-i"]).arg(&plans2[1].seed));
     assert!(meta.contains("instance-id: k8s-myhome-k8s-worker-1-2"), "{meta}");

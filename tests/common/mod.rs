@@ -17,7 +17,24 @@ pub struct Env {
     pub store: PathBuf,
     pub home: PathBuf,
     pub extra_env: Vec<(String, String)>,
+    pub net: Net,
 }
+
+/// The network `hearth` runs in.
+pub enum Net {
+    /// The test's own: fine for verbs that reach only loopback.
+    Host,
+    /// A fresh, empty network namespace per run (`unshare --net`): every node
+    /// address is unreachable, nothing leaves the machine.
+    Unshared,
+    /// A named namespace the test made (`ip netns exec NAME`).
+    Namespace(String),
+}
+
+/// Verbs that connect to node addresses (TCP to port 22, the API server).
+/// Outside a namespace of the test's own they would send packets to
+/// 192.168.122.0/24, so [`Env::cmd`] refuses them there.
+const PROBING_VERBS: [&str; 4] = ["launch", "status", "reinstall", "ssh"];
 
 impl Env {
     pub fn new() -> Env {
@@ -25,7 +42,12 @@ impl Env {
         let store = dir.path().join("store");
         let home = dir.path().join("home");
         std::fs::create_dir_all(&home).unwrap();
-        Env { dir, store, home, extra_env: Vec::new() }
+        Env { dir, store, home, extra_env: Vec::new(), net: Net::Host }
+    }
+
+    /// An Env whose `hearth` runs in a fresh network namespace each time.
+    pub fn isolated() -> Env {
+        Env { net: Net::Unshared, ..Env::new() }
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -37,9 +59,33 @@ impl Env {
         self
     }
 
-    /// A `hearth` command with this test's store, HOME and fast retry settings.
+    /// A `hearth` command with this test's store, HOME and fast retry
+    /// settings, in the test's network (see [`Net`]).
     pub fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_hearth"));
+        let bin = env!("CARGO_BIN_EXE_hearth");
+        if let (Net::Host, Some(verb)) = (&self.net, args.iter().find(|a| PROBING_VERBS.contains(a))) {
+            panic!(
+                "`hearth {verb}` probes node addresses: run it in a network namespace of the test's own \
+                 (Env::isolated, or Net::Namespace), never in the host's network"
+            );
+        }
+        let mut c = match &self.net {
+            Net::Host => Command::new(bin),
+            Net::Unshared => {
+                let mut c = Command::new("unshare");
+                c.arg("--net");
+                if !rustix::process::geteuid().is_root() {
+                    c.arg("--map-current-user");
+                }
+                c.arg("--").arg(bin);
+                c
+            }
+            Net::Namespace(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(bin);
+                c
+            }
+        };
         c.args(args)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
