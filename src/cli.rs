@@ -93,6 +93,15 @@ pub enum Command {
     /// The host makes it from the cluster CA it holds. It carries a private key: treat
     /// the output as a secret.
     Kubeconfig(KubeconfigArgs),
+    /// Print the platform CA certificate (PEM), for the host to trust
+    ///
+    /// cert-manager's CA issuer signs the platform's certificates (ingress, Harbor at the
+    /// appliance's harbor_ip, Argo CD) with this CA; the nodes' containerd trusts it. It is
+    /// made with the cluster PKI on the first launch and kept by reinstall. To trust it:
+    /// system-wide (Debian/Ubuntu) `hearth ca -o /usr/local/share/ca-certificates/hearth.crt
+    /// && update-ca-certificates`; docker `/etc/docker/certs.d/192.168.122.100/ca.crt`;
+    /// podman `/etc/containers/certs.d/192.168.122.100/ca.crt`; a browser imports the file.
+    Ca(CaArgs),
     /// SSH into a node as the image's default user, with your key
     Ssh(SshArgs),
     /// Attach to a node's serial console (`virsh console`; leave with Ctrl+])
@@ -166,6 +175,16 @@ pub struct KubeconfigArgs {
     #[arg(long, conflicts_with = "output")]
     pub merge: bool,
     /// Write to this file (0600) instead of printing
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct CaArgs {
+    /// appliance.toml [default: ./appliance.toml if present, else the built-in layout]
+    #[arg(short, long, value_name = "FILE")]
+    pub appliance: Option<PathBuf>,
+    /// Write to this file (0644) instead of printing
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
 }

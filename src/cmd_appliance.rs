@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use hearth_appliance::lifecycle::{self, Destroyed, Event, Events, Host};
 use hearth_appliance::ready::Status;
 
-use crate::cli::{ApplianceArg, ApplianceJsonArg, Global, KubeconfigArgs, LaunchArgs, NodeArg, SshArgs};
+use crate::cli::{ApplianceArg, ApplianceJsonArg, CaArgs, Global, KubeconfigArgs, LaunchArgs, NodeArg, SshArgs};
 use crate::progress::Live;
 use crate::{CmdResult, Failure};
 
@@ -247,6 +247,19 @@ pub fn kubeconfig(g: &Global, args: &KubeconfigArgs) -> CmdResult {
         return Ok(());
     }
     print!("{ours}");
+    Ok(())
+}
+
+pub fn ca(g: &Global, args: &CaArgs) -> CmdResult {
+    let a = lifecycle::load_spec(args.appliance.as_deref()).map_err(failure)?;
+    let pem = lifecycle::platform_ca(&host(g, &Notes::new(g))?, &a).map_err(failure)?;
+    match &args.output {
+        Some(out) => {
+            hearth_appliance::files::write_atomic(out, pem.as_bytes(), 0o644)?;
+            note(g, &format!("wrote the platform CA of `{}` to `{}`", a.name, out.display()));
+        }
+        None => print!("{pem}"),
+    }
     Ok(())
 }
 

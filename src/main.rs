@@ -73,6 +73,7 @@ fn run(cli: Cli) -> CmdResult {
         Command::Reinstall(a) => cmd_appliance::reinstall(g, &a),
         Command::Destroy(a) => cmd_appliance::destroy(g, &a),
         Command::Kubeconfig(a) => cmd_appliance::kubeconfig(g, &a),
+        Command::Ca(a) => cmd_appliance::ca(g, &a),
         Command::Ssh(a) => cmd_appliance::ssh(g, &a),
         Command::Console(a) => cmd_appliance::console(g, &a),
     }

@@ -89,7 +89,9 @@ fn launch_status_kubeconfig_reinstall_destroy_on_the_test_driver() {
         assert_eq!(mode(&storage.join(format!("lab-{node}.seed.iso"))), 0o600);
         assert_eq!(mode(&app.join("seeds").join(node).join("user-data")), 0o600);
     }
-    for secret in ["pki/ca.key", "pki/sa.key", "pki/etcd/ca.key", "pki/front-proxy-ca.key", "token"] {
+    for secret in
+        ["pki/ca.key", "pki/sa.key", "pki/etcd/ca.key", "pki/front-proxy-ca.key", "pki/platform-ca.key", "token"]
+    {
         assert_eq!(mode(&app.join(secret)), 0o600, "{secret}");
     }
     let token = fs::read_to_string(app.join("token")).unwrap();
@@ -136,12 +138,23 @@ fn launch_status_kubeconfig_reinstall_destroy_on_the_test_driver() {
     let merged = fs::read_to_string(env.home.join(".kube/config")).unwrap();
     assert!(merged.contains("name: work") && merged.contains("current-context: lab-admin@lab"), "{merged}");
 
+    // The platform CA for the host to trust: printed, or written; openssl reads it.
+    let printed = env.run(&["ca", "-a", spec_s]).ok().stdout;
+    assert_eq!(printed, fs::read_to_string(app.join("pki/platform-ca.crt")).unwrap());
+    let trust = env.path("hearth-ca.crt");
+    env.run(&["ca", "-a", spec_s, "-o", trust.to_str().unwrap()]).ok();
+    let subject = Command::new("openssl").args(["x509", "-noout", "-subject", "-in"]).arg(&trust).output().unwrap();
+    assert!(String::from_utf8_lossy(&subject.stdout).contains("hearth platform CA"), "{subject:?}");
+    assert_eq!(mode(&app.join("pki/platform-ca.key")), 0o600);
+
     // Reinstall: next generation, same PKI, fresh seeds.
     let ca = fs::read(app.join("pki/ca.crt")).unwrap();
+    let platform_ca = fs::read(app.join("pki/platform-ca.crt")).unwrap();
     let meta1 = fs::read_to_string(app.join("seeds/k8s-worker-1/meta-data")).unwrap();
     let r = env.run(&["reinstall", spec_s, "--wait", "running", "--offline"]).ok();
     r.stderr_has("the PKI and the image stay").stderr_has("(generation 2)").stderr_has("reinstall host side took");
     assert_eq!(fs::read(app.join("pki/ca.crt")).unwrap(), ca);
+    assert_eq!(fs::read(app.join("pki/platform-ca.crt")).unwrap(), platform_ca, "reinstall keeps the platform CA");
     let meta2 = fs::read_to_string(app.join("seeds/k8s-worker-1/meta-data")).unwrap();
     assert_ne!(meta1, meta2, "the instance id must change so cloud-init runs again");
 

@@ -478,6 +478,12 @@ pub fn admin_kubeconfig(h: &Host, a: &Appliance) -> Result<(Launched, PathBuf), 
     Ok((l, path))
 }
 
+/// The platform CA certificate (PEM) of a launched appliance.
+pub fn platform_ca(h: &Host, a: &Appliance) -> Result<String, Error> {
+    let (state, _) = launched(h, a)?;
+    Ok(state.pki()?.platform_ca.cert_pem)
+}
+
 fn node_of<'a>(l: &'a Launched, node: &str) -> Result<(&'a NodeSpec, &'a LaunchedNode), Error> {
     l.appliance.nodes.iter().zip(&l.nodes).find(|(n, _)| n.name == node).ok_or_else(|| Error::NoNode {
         name: l.appliance.name.clone(),

@@ -17,6 +17,9 @@ use sha2::Digest as _;
 
 use crate::files::write_atomic;
 
+/// The platform CA's common name.
+pub const PLATFORM_CA_NAME: &str = "hearth platform CA";
+
 /// Years a CA is valid (kubeadm's default for CAs).
 const CA_YEARS: i32 = 10;
 
@@ -77,6 +80,11 @@ pub struct Pki {
     pub front_proxy_ca: Ca,
     /// The etcd CA.
     pub etcd_ca: Ca,
+    /// The platform CA: cert-manager's CA ClusterIssuer signs the platform's
+    /// certificates (ingress, Harbor, Argo CD) with it; the host and the nodes'
+    /// containerd trust its certificate. Not the cluster CA, so trusting it
+    /// trusts no cluster component.
+    pub platform_ca: Ca,
     /// Service-account signing key (secret) and its public half.
     pub sa_key_pem: String,
     /// Service-account public key.
@@ -158,11 +166,13 @@ impl Pki {
             let ca = s.spawn(|| make_ca("kubernetes", "the cluster CA"));
             let front = s.spawn(|| make_ca("front-proxy-ca", "the front-proxy CA"));
             let etcd = s.spawn(|| make_ca("etcd-ca", "the etcd CA"));
+            let platform = s.spawn(|| make_ca(PLATFORM_CA_NAME, "the platform CA"));
             let sa = KeyPair::generate_for(&PKCS_RSA_SHA256).map_err(gen_err("the service-account key"))?;
             Ok(Pki {
                 ca: ca.join().expect("key generation panicked")?,
                 front_proxy_ca: front.join().expect("key generation panicked")?,
                 etcd_ca: etcd.join().expect("key generation panicked")?,
+                platform_ca: platform.join().expect("key generation panicked")?,
                 sa_key_pem: sa.serialize_pem(),
                 sa_pub_pem: sa.public_key_pem(),
                 token: new_token()?,
@@ -180,6 +190,8 @@ impl Pki {
             ("pki/front-proxy-ca.key", &self.front_proxy_ca.key_pem, true),
             ("pki/etcd/ca.crt", &self.etcd_ca.cert_pem, false),
             ("pki/etcd/ca.key", &self.etcd_ca.key_pem, true),
+            ("pki/platform-ca.crt", &self.platform_ca.cert_pem, false),
+            ("pki/platform-ca.key", &self.platform_ca.key_pem, true),
             ("pki/sa.key", &self.sa_key_pem, true),
             ("pki/sa.pub", &self.sa_pub_pem, false),
             ("token", &self.token, true),
@@ -217,7 +229,17 @@ impl Pki {
             let path = state.join(rel);
             fs::read_to_string(&path).map_err(|source| PkiError::Io { op: "reading", path, source })
         };
+        // State from before the platform CA existed gets one now, kept from then on.
+        let platform_ca = if state.join("pki/platform-ca.crt").exists() {
+            Ca { cert_pem: read("pki/platform-ca.crt")?, key_pem: read("pki/platform-ca.key")? }
+        } else {
+            let ca = make_ca(PLATFORM_CA_NAME, "the platform CA")?;
+            write_atomic(&state.join("pki/platform-ca.key"), ca.key_pem.as_bytes(), 0o600)?;
+            write_atomic(&state.join("pki/platform-ca.crt"), ca.cert_pem.as_bytes(), 0o644)?;
+            ca
+        };
         let pki = Pki {
+            platform_ca,
             ca: Ca { cert_pem: read("pki/ca.crt")?, key_pem: read("pki/ca.key")? },
             front_proxy_ca: Ca { cert_pem: read("pki/front-proxy-ca.crt")?, key_pem: read("pki/front-proxy-ca.key")? },
             etcd_ca: Ca { cert_pem: read("pki/etcd/ca.crt")?, key_pem: read("pki/etcd/ca.key")? },

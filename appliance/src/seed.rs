@@ -10,6 +10,10 @@ use crate::spec::{Appliance, NodeSpec, Role};
 /// Where the first-boot unit finds the kubeadm configuration.
 pub const KUBEADM_CONFIG: &str = "/etc/hearth/kubeadm.yaml";
 
+/// containerd's registry host directory (`config_path` in the image's
+/// containerd config).
+pub const CONTAINERD_CERTS: &str = "/etc/containerd/certs.d";
+
 /// The seed documents of one node.
 #[derive(Clone, Debug)]
 pub struct Seed {
@@ -35,7 +39,9 @@ pub fn node_seed(
         Role::ControlPlane => {
             files.push(WriteFile::new(KUBEADM_CONFIG, &kubeadm::init_config(a, &pki.token), true));
             for (rel, body, secret) in pki.files() {
-                if let Some(name) = rel.strip_prefix("pki/") {
+                // The platform CA is not kubeadm's: it reaches cert-manager
+                // through the platform plan.
+                if let Some(name) = rel.strip_prefix("pki/").filter(|n| !n.starts_with("platform-ca.")) {
                     files.push(WriteFile::new(&format!("/etc/kubernetes/pki/{name}"), body, secret));
                 }
             }
@@ -44,6 +50,19 @@ pub fn node_seed(
             files.push(WriteFile::new(KUBEADM_CONFIG, &kubeadm::join_config(a, node, &pki.token, ca_cert_hash), true));
         }
     }
+    // containerd pulls from the in-cluster registry (Harbor) at its fixed
+    // address, trusting the platform CA that signs its certificate.
+    let registry = a.harbor_ip();
+    let dir = format!("{CONTAINERD_CERTS}/{registry}");
+    files.push(WriteFile::new(&format!("{dir}/ca.crt"), &pki.platform_ca.cert_pem, false));
+    files.push(WriteFile::new(
+        &format!("{dir}/hosts.toml"),
+        &format!(
+            "server = \"https://{registry}\"\n\n[host.\"https://{registry}\"]\n  capabilities = [\"pull\", \"resolve\", \"push\"]\n  \
+             ca = \"{dir}/ca.crt\"\n"
+        ),
+        false,
+    ));
     Seed {
         meta_data: cloudinit::meta_data(a, node, generation),
         network_config: cloudinit::network_config(a, node),

@@ -183,6 +183,110 @@ pub struct Appliance {
     pub cluster: Cluster,
     /// The VMs.
     pub nodes: Vec<NodeSpec>,
+    /// The platform on top of the cluster.
+    pub platform: Platform,
+}
+
+/// Which platform components are installed. A component left out of
+/// `[platform.components]` is on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Components {
+    /// Flannel, the pod network (CNI). Without it (or another CNI brought by
+    /// the user) no node becomes Ready.
+    pub flannel: bool,
+    /// local-path-provisioner, the default StorageClass.
+    pub local_path: bool,
+    /// MetalLB (L2): LoadBalancer addresses from the pool.
+    pub metallb: bool,
+    /// cert-manager with a CA ClusterIssuer holding the platform CA.
+    pub cert_manager: bool,
+    /// ingress-nginx, its Service at `ingress_ip`.
+    pub ingress_nginx: bool,
+}
+
+impl Default for Components {
+    fn default() -> Self {
+        Components { flannel: true, local_path: true, metallb: true, cert_manager: true, ingress_nginx: true }
+    }
+}
+
+/// The platform: components, fixed service addresses, storage.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Platform {
+    /// Components on or off.
+    pub components: Components,
+    /// The part of `cluster.metallb_pool` kept for fixed service addresses: a
+    /// pool of its own with `autoAssign: false`, each address requested by its
+    /// Service; the rest of the MetalLB pool is assigned automatically.
+    /// Default: the pool's first three addresses.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fixed_pool: Option<Range>,
+    /// Harbor's address, in `fixed_pool` (default: its first).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub harbor_ip: Option<Ipv4Addr>,
+    /// ingress-nginx's address, in `fixed_pool` (default: its second).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ingress_ip: Option<Ipv4Addr>,
+    /// Argo CD's address, in `fixed_pool` (default: its third).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub argocd_ip: Option<Ipv4Addr>,
+    /// Where local-path volumes live on each node (absolute).
+    pub storage_path: String,
+}
+
+impl Default for Platform {
+    fn default() -> Self {
+        Appliance::default().platform
+    }
+}
+
+fn nth(start: Ipv4Addr, n: u32) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(start).saturating_add(n))
+}
+
+impl Appliance {
+    /// The fixed-address pool: configured, else the MetalLB pool's first three.
+    pub fn fixed_pool(&self) -> Range {
+        let start = self.cluster.metallb_pool.start;
+        self.platform.fixed_pool.unwrap_or(Range { start, end: nth(start, 2) })
+    }
+
+    /// Harbor's fixed address.
+    pub fn harbor_ip(&self) -> Ipv4Addr {
+        self.platform.harbor_ip.unwrap_or(self.fixed_pool().start)
+    }
+
+    /// ingress-nginx's fixed address.
+    pub fn ingress_ip(&self) -> Ipv4Addr {
+        self.platform.ingress_ip.unwrap_or(nth(self.fixed_pool().start, 1))
+    }
+
+    /// Argo CD's fixed address.
+    pub fn argocd_ip(&self) -> Ipv4Addr {
+        self.platform.argocd_ip.unwrap_or(nth(self.fixed_pool().start, 2))
+    }
+
+    /// The fixed service addresses, by the setting that names them.
+    pub fn fixed_ips(&self) -> [(&'static str, Ipv4Addr); 3] {
+        [("harbor_ip", self.harbor_ip()), ("ingress_ip", self.ingress_ip()), ("argocd_ip", self.argocd_ip())]
+    }
+
+    /// The MetalLB pool without the fixed pool: what MetalLB hands out by itself.
+    pub fn auto_ranges(&self) -> Vec<Range> {
+        let (pool, fixed) = (self.cluster.metallb_pool, self.fixed_pool());
+        let (p0, p1, f0, f1) =
+            (u32::from(pool.start), u32::from(pool.end), u32::from(fixed.start), u32::from(fixed.end));
+        let mut out = Vec::new();
+        if f0 > p0 {
+            out.push(Range { start: pool.start, end: Ipv4Addr::from(f0.min(p1 + 1) - 1) });
+        }
+        if f1 < p1 {
+            out.push(Range { start: Ipv4Addr::from(f1.max(p0 - 1) + 1), end: pool.end });
+        }
+        out
+    }
 }
 
 impl Default for Network {
@@ -237,6 +341,14 @@ impl Default for Appliance {
                 node("k8s-worker-1", Role::Worker, 11, 2, 4096, 30),
                 node("k8s-worker-2", Role::Worker, 12, 2, 4096, 30),
             ],
+            platform: Platform {
+                components: Components::default(),
+                fixed_pool: None,
+                harbor_ip: None,
+                ingress_ip: None,
+                argocd_ip: None,
+                storage_path: "/var/lib/hearth/local-path".into(),
+            },
         }
     }
 }
@@ -382,7 +494,60 @@ impl Appliance {
         if !c.kubernetes_version.starts_with('v') || c.kubernetes_version.split('.').count() != 3 {
             p.push(format!("kubernetes_version `{}` must be exact, like v1.29.15", c.kubernetes_version));
         }
+        self.validate_platform(&mut p);
         if p.is_empty() { Ok(()) } else { Err(SpecError::Invalid(p)) }
+    }
+}
+
+impl Appliance {
+    /// The platform's problems: addresses against the pool, the network, the
+    /// nodes and each other; components that need one that is off; the path.
+    fn validate_platform(&self, p: &mut Vec<String>) {
+        let (pf, net, pool) = (&self.platform, &self.network, &self.cluster.metallb_pool);
+        let fixed = &self.fixed_pool();
+        if fixed.start > fixed.end {
+            p.push(format!("platform: fixed_pool {fixed} ends before it starts"));
+        }
+        if !pool.contains(fixed.start) || !pool.contains(fixed.end) {
+            p.push(format!("platform: fixed_pool {fixed} is not inside the MetalLB pool {pool}"));
+        }
+        let mut seen = BTreeSet::new();
+        for (what, ip) in self.fixed_ips() {
+            if !net.cidr.contains(ip) {
+                p.push(format!("platform: {what} {ip} is outside the network {}", String::from(net.cidr)));
+            } else if !fixed.contains(ip) {
+                p.push(format!("platform: {what} {ip} is outside its pool, fixed_pool {fixed}"));
+            }
+            if net.dhcp.contains(ip) {
+                p.push(format!("platform: {what} {ip} is inside the DHCP range {}", net.dhcp));
+            }
+            if ip == net.gateway {
+                p.push(format!("platform: {what} {ip} is the gateway"));
+            }
+            if let Some(n) = self.nodes.iter().find(|n| n.ip == ip) {
+                p.push(format!("platform: {what} {ip} is the address of node `{}`", n.name));
+            }
+            if !seen.insert(ip) {
+                p.push(format!("platform: {what} {ip} is used twice"));
+            }
+        }
+        let c = &pf.components;
+        let needs = [
+            ("local_path", c.local_path, "flannel", c.flannel),
+            ("metallb", c.metallb, "flannel", c.flannel),
+            ("cert_manager", c.cert_manager, "flannel", c.flannel),
+            ("ingress_nginx", c.ingress_nginx, "metallb", c.metallb),
+            ("ingress_nginx", c.ingress_nginx, "flannel", c.flannel),
+        ];
+        for (what, on, need, need_on) in needs {
+            if on && !need_on {
+                p.push(format!("platform: {what} needs {need}, which is off"));
+            }
+        }
+        let path = &pf.storage_path;
+        if !path.starts_with('/') || path.split('/').any(|s| s == "..") || path.contains(char::is_whitespace) {
+            p.push(format!("platform: storage_path `{path}` must be an absolute path without `..` or spaces"));
+        }
     }
 }
 
@@ -448,6 +613,54 @@ mod tests {
             ),
             (Box::new(|a| a.domain_type = Some("xen".into())), "domain_type `xen` is neither `kvm` nor `qemu`"),
             (Box::new(|a| a.ssh_user = "a b".into()), "ssh_user `a b` is not a user name"),
+            (
+                Box::new(|a| a.platform.ingress_ip = Some(ip(10, 1, 1, 1))),
+                "platform: ingress_ip 10.1.1.1 is outside the network 192.168.122.0/24",
+            ),
+            (
+                Box::new(|a| a.platform.harbor_ip = Some(ip(192, 168, 122, 120))),
+                "platform: harbor_ip 192.168.122.120 is outside its pool, fixed_pool 192.168.122.100-192.168.122.102",
+            ),
+            (
+                Box::new(|a| {
+                    a.platform.fixed_pool = Some(Range { start: ip(192, 168, 122, 90), end: ip(192, 168, 122, 102) })
+                }),
+                "platform: fixed_pool 192.168.122.90-192.168.122.102 is not inside the MetalLB pool",
+            ),
+            (
+                Box::new(|a| {
+                    a.platform.fixed_pool = Some(Range { start: ip(192, 168, 122, 150), end: ip(192, 168, 122, 160) });
+                    a.platform.argocd_ip = Some(ip(192, 168, 122, 160));
+                }),
+                "platform: argocd_ip 192.168.122.160 is inside the DHCP range 192.168.122.151-192.168.122.254",
+            ),
+            (
+                Box::new(|a| {
+                    a.cluster.metallb_pool = Range { start: ip(192, 168, 122, 10), end: ip(192, 168, 122, 150) }
+                }),
+                "node `k8s-control-plane`: 192.168.122.10 is inside the MetalLB pool",
+            ),
+            (
+                Box::new(|a| {
+                    a.cluster.metallb_pool = Range { start: ip(192, 168, 122, 10), end: ip(192, 168, 122, 150) };
+                    a.platform.fixed_pool = Some(Range { start: ip(192, 168, 122, 10), end: ip(192, 168, 122, 102) });
+                    a.platform.argocd_ip = Some(ip(192, 168, 122, 12));
+                }),
+                "platform: argocd_ip 192.168.122.12 is the address of node `k8s-worker-2`",
+            ),
+            (
+                Box::new(|a| a.platform.ingress_ip = Some(a.harbor_ip())),
+                "platform: ingress_ip 192.168.122.100 is used twice",
+            ),
+            (
+                Box::new(|a| a.platform.components.metallb = false),
+                "platform: ingress_nginx needs metallb, which is off",
+            ),
+            (Box::new(|a| a.platform.components.flannel = false), "platform: local_path needs flannel, which is off"),
+            (
+                Box::new(|a| a.platform.storage_path = "data/../x".into()),
+                "platform: storage_path `data/../x` must be an absolute path",
+            ),
         ];
         for (edit, needle) in cases {
             let e = problems(edit);
@@ -461,8 +674,33 @@ mod tests {
         let d = Appliance::default();
         assert_eq!((a.name.as_str(), a.network.name.as_str()), ("lab", "hearth-lab"));
         assert_eq!((a.network.cidr, &a.nodes, &a.cluster), (d.network.cidr, &d.nodes, &d.cluster));
+        let p = parse_spec("[platform.components]\ningress_nginx = false\n").unwrap().platform;
+        assert!(!p.components.ingress_nginx && p.components.metallb && p.ingress_ip.is_none());
         let e = parse_spec("[network]\nnmae = \"x\"\n").unwrap_err().to_string();
         assert!(e.contains("unknown field `nmae`") && e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn fixed_addresses_follow_the_pool_unless_set() {
+        let a = Appliance::default();
+        assert_eq!(
+            a.fixed_ips().map(|(_, ip)| ip.to_string()),
+            ["192.168.122.100", "192.168.122.101", "192.168.122.102"]
+        );
+        assert_eq!(a.auto_ranges(), [Range { start: ip(192, 168, 122, 103), end: ip(192, 168, 122, 150) }]);
+        let mut b = a.clone();
+        b.cluster.metallb_pool = Range { start: ip(192, 168, 122, 60), end: ip(192, 168, 122, 90) };
+        assert_eq!(b.ingress_ip(), ip(192, 168, 122, 61));
+        b.platform.fixed_pool = Some(Range { start: ip(192, 168, 122, 70), end: ip(192, 168, 122, 72) });
+        assert_eq!(
+            b.auto_ranges(),
+            [
+                Range { start: ip(192, 168, 122, 60), end: ip(192, 168, 122, 69) },
+                Range { start: ip(192, 168, 122, 73), end: ip(192, 168, 122, 90) }
+            ]
+        );
+        b.platform.fixed_pool = Some(b.cluster.metallb_pool);
+        assert!(b.auto_ranges().is_empty());
     }
 
     #[test]

@@ -43,7 +43,11 @@ fn ca_hash_matches_openssl_and_certificates_verify() {
     let text = String::from_utf8(openssl(&["x509", "-in", ca_s, "-noout", "-text"], None)).unwrap();
     assert!(text.contains("Public-Key: (2048 bit)") && text.contains("CA:TRUE"), "{text}");
     assert!(text.contains("Subject: CN = kubernetes") || text.contains("Subject: CN=kubernetes"), "{text}");
-    for (rel, cn) in [("pki/front-proxy-ca.crt", "front-proxy-ca"), ("pki/etcd/ca.crt", "etcd-ca")] {
+    for (rel, cn) in [
+        ("pki/front-proxy-ca.crt", "front-proxy-ca"),
+        ("pki/etcd/ca.crt", "etcd-ca"),
+        ("pki/platform-ca.crt", "hearth platform CA"),
+    ] {
         let t = String::from_utf8(openssl(
             &["x509", "-in", dir.path().join(rel).to_str().unwrap(), "-noout", "-subject"],
             None,
@@ -63,4 +67,29 @@ fn ca_hash_matches_openssl_and_certificates_verify() {
     std::fs::write(&client, cert).unwrap();
     let verified = openssl(&["verify", "-CAfile", ca_s, client.to_str().unwrap()], None);
     assert!(String::from_utf8_lossy(&verified).contains(": OK"));
+}
+
+#[test]
+fn state_from_before_the_platform_ca_gets_one_and_keeps_it() {
+    if !common::require_tool("openssl", "version") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let first = Pki::load_or_create(dir.path()).unwrap();
+    for f in ["pki/platform-ca.crt", "pki/platform-ca.key"] {
+        std::fs::remove_file(dir.path().join(f)).unwrap();
+    }
+    let upgraded = Pki::load_or_create(dir.path()).unwrap();
+    assert_eq!(upgraded.ca.cert_pem, first.ca.cert_pem, "the cluster CA stays");
+    assert_ne!(upgraded.platform_ca.cert_pem, first.platform_ca.cert_pem);
+    let key = dir.path().join("pki/platform-ca.key");
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    let again = Pki::load_or_create(dir.path()).unwrap();
+    assert_eq!(again.platform_ca.cert_pem, upgraded.platform_ca.cert_pem, "kept from then on");
+    // The key and the certificate belong together.
+    let crt = dir.path().join("pki/platform-ca.crt");
+    let from_crt = openssl(&["x509", "-in", crt.to_str().unwrap(), "-noout", "-pubkey"], None);
+    let from_key = openssl(&["pkey", "-in", key.to_str().unwrap(), "-pubout"], None);
+    assert_eq!(from_crt, from_key);
 }

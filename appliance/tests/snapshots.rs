@@ -41,6 +41,7 @@ fn fake_pki() -> Pki {
         ca: ca("ca"),
         front_proxy_ca: ca("front-proxy-ca"),
         etcd_ca: ca("etcd-ca"),
+        platform_ca: ca("platform-ca"),
         sa_key_pem: "-----KEY sa-----\n".into(),
         sa_pub_pem: "-----PUB sa-----\n".into(),
         token: TOKEN.into(),
