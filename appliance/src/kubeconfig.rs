@@ -107,9 +107,10 @@ pub fn admin(a: &Appliance, pki: &Pki) -> Result<String, PkiError> {
 }
 
 /// Standard base64 (RFC 4648, padded), as kubeconfig `*-data` fields take.
-mod base64_encode {
+pub mod base64_encode {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
+    /// Encodes `data`.
     pub fn encode(data: &[u8]) -> String {
         let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
         for chunk in data.chunks(3) {

@@ -13,6 +13,7 @@ pub mod launch;
 pub mod libvirt;
 pub mod lifecycle;
 pub mod pki;
+pub mod platform;
 pub mod ready;
 pub mod seed;
 pub mod spec;

@@ -1,0 +1,506 @@
+//! The platform, rendered on the host and executed on the control plane.
+//!
+//! [`render`] turns the pinned upstream manifests ([`Sources`]) and the
+//! appliance (its `[platform]`, network and PKI) into a [`Plan`]: ordered
+//! steps, each a set of files to apply and conditions to wait for, with a
+//! timeout. [`check`] refuses a plan that could not run offline: an image the
+//! node image does not preload, or one pulled `Always`. First boot runs the
+//! plan with a small executor and the image's kubectl (`images/files/hearth-platform`);
+//! each step is idempotent and marked done, so an interrupted first boot
+//! resumes where it stopped.
+//!
+//! Order: Flannel -> every node Ready -> local-path (default StorageClass) ->
+//! MetalLB (then its pools: its webhook serves only after readiness, so the
+//! apply is retried) -> cert-manager (then the platform CA and its issuer) ->
+//! ingress-nginx (its Service at the appliance's `ingress_ip`).
+//!
+//! Pure: text in, text out; no process, clock or network.
+
+pub mod manifest;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use hearth_builder::digest::Sha256;
+use hearth_builder::oci::Reference;
+use serde_json::{Value, json};
+
+use crate::pki::Pki;
+use crate::spec::Appliance;
+use manifest::{ManifestError, Object};
+
+/// kubectl's last-applied-configuration annotation holds at most this much;
+/// a step with a larger object applies server-side.
+pub const LAST_APPLIED_LIMIT: usize = 262_144;
+
+/// The image local-path-provisioner's helper pod runs. Upstream names plain
+/// `busybox` (`:latest`, which changes and is pulled); hearth pins a tag the
+/// recipe preloads.
+pub const LOCAL_PATH_HELPER_IMAGE: &str = "docker.io/library/busybox:1.36.1";
+
+/// The cert-manager ClusterIssuer that signs with the platform CA.
+pub const CA_ISSUER: &str = "hearth-ca";
+
+/// The MetalLB pools hearth makes.
+pub const AUTO_POOL: &str = "hearth-auto";
+/// The pool of fixed service addresses (`autoAssign: false`).
+pub const FIXED_POOL: &str = "hearth-fixed";
+
+/// A platform component with an upstream manifest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Component {
+    /// Flannel `Documentation/kube-flannel.yml`.
+    Flannel,
+    /// local-path-provisioner `deploy/local-path-storage.yaml`.
+    LocalPath,
+    /// MetalLB `config/manifests/metallb-native.yaml`.
+    Metallb,
+    /// cert-manager's static manifest (`cert-manager.yaml` of its release).
+    CertManager,
+    /// ingress-nginx `deploy/static/provider/cloud/deploy.yaml`.
+    IngressNginx,
+}
+
+impl Component {
+    /// Every component, in plan order.
+    pub const ALL: [Component; 5] =
+        [Component::Flannel, Component::LocalPath, Component::Metallb, Component::CertManager, Component::IngressNginx];
+
+    /// The name used in recipes, appliance.toml and messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Component::Flannel => "flannel",
+            Component::LocalPath => "local-path",
+            Component::Metallb => "metallb",
+            Component::CertManager => "cert-manager",
+            Component::IngressNginx => "ingress-nginx",
+        }
+    }
+
+    fn enabled(self, a: &Appliance) -> bool {
+        let c = &a.platform.components;
+        match self {
+            Component::Flannel => c.flannel,
+            Component::LocalPath => c.local_path,
+            Component::Metallb => c.metallb,
+            Component::CertManager => c.cert_manager,
+            Component::IngressNginx => c.ingress_nginx,
+        }
+    }
+}
+
+/// The upstream manifests, by component (as pinned by the recipe).
+pub type Sources = BTreeMap<Component, String>;
+
+/// Errors of rendering and checking.
+#[derive(Debug, thiserror::Error)]
+pub enum PlatformError {
+    /// An enabled component has no manifest.
+    #[error("platform component `{}` is on, but the recipe provides no manifest for it", .0.name())]
+    MissingSource(Component),
+    /// A manifest does not parse.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// A manifest lacks what hearth patches (another upstream version?).
+    #[error("{component}: {what} is not in its manifest (is it the pinned version?)")]
+    Shape {
+        /// The component.
+        component: &'static str,
+        /// What was looked for.
+        what: String,
+    },
+    /// The plan would not run offline.
+    #[error("the platform would not run offline:\n  {}", .0.join("\n  "))]
+    NotHermetic(Vec<String>),
+}
+
+/// What a step waits for after its files are applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// `kubectl rollout status` of a Deployment or DaemonSet.
+    Rollout {
+        /// Namespace.
+        namespace: String,
+        /// `deployment/NAME` or `daemonset/NAME`.
+        object: String,
+    },
+    /// `kubectl wait --for=condition=C`.
+    Condition {
+        /// Namespace (empty: cluster-scoped).
+        namespace: String,
+        /// `kind/NAME`.
+        object: String,
+        /// The condition type.
+        condition: String,
+    },
+    /// `kubectl wait --for=jsonpath=PATH=VALUE`.
+    Value {
+        /// Namespace.
+        namespace: String,
+        /// `kind/NAME`.
+        object: String,
+        /// JSONPath, e.g. `{.status.loadBalancer.ingress[0].ip}`.
+        path: String,
+        /// The value.
+        value: String,
+    },
+    /// This many nodes registered, every one Ready.
+    Nodes {
+        /// How many.
+        count: usize,
+    },
+}
+
+/// A file of a step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlanFile {
+    /// Path relative to the plan directory (`NN-step/NAME.yaml`).
+    pub path: String,
+    /// Contents.
+    pub body: String,
+    /// Holds a secret (written 0600, never printed).
+    pub secret: bool,
+}
+
+/// One step: apply, then wait.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Step {
+    /// `NN-name`: the order and the console stage.
+    pub name: String,
+    /// Files applied in order.
+    pub files: Vec<PlanFile>,
+    /// Apply server-side (an object exceeds [`LAST_APPLIED_LIMIT`]).
+    pub server_side: bool,
+    /// Retry the apply until the timeout (a webhook that serves late).
+    pub retry_apply: bool,
+    /// Conditions, in order.
+    pub waits: Vec<Wait>,
+    /// Seconds the step may take.
+    pub timeout_secs: u32,
+}
+
+/// The ordered plan.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Steps in order.
+    pub steps: Vec<Step>,
+}
+
+impl Plan {
+    /// The plan file the node's executor reads: one directive a line.
+    ///
+    /// ```text
+    /// step NAME TIMEOUT_SECS [server-side] [retry]
+    /// apply PATH
+    /// rollout NAMESPACE KIND/NAME
+    /// condition NAMESPACE|- KIND/NAME CONDITION
+    /// value NAMESPACE KIND/NAME JSONPATH VALUE
+    /// nodes COUNT
+    /// ```
+    pub fn to_text(&self) -> String {
+        let mut s = String::from("# hearth platform plan v1: rendered by hearth launch, run by hearth-platform\n");
+        for step in &self.steps {
+            let _ = write!(s, "step {} {}", step.name, step.timeout_secs);
+            if step.server_side {
+                s.push_str(" server-side");
+            }
+            if step.retry_apply {
+                s.push_str(" retry");
+            }
+            s.push('\n');
+            for f in &step.files {
+                let _ = writeln!(s, "apply {}", f.path);
+            }
+            for w in &step.waits {
+                let _ = match w {
+                    Wait::Rollout { namespace, object } => writeln!(s, "rollout {namespace} {object}"),
+                    Wait::Condition { namespace, object, condition } => {
+                        let ns = if namespace.is_empty() { "-" } else { namespace };
+                        writeln!(s, "condition {ns} {object} {condition}")
+                    }
+                    Wait::Value { namespace, object, path, value } => {
+                        writeln!(s, "value {namespace} {object} {path} {value}")
+                    }
+                    Wait::Nodes { count } => writeln!(s, "nodes {count}"),
+                };
+            }
+        }
+        s
+    }
+
+    /// Every file of the plan, in order.
+    pub fn files(&self) -> impl Iterator<Item = &PlanFile> {
+        self.steps.iter().flat_map(|s| s.files.iter())
+    }
+
+    /// Every object of the plan, with its file.
+    pub fn objects(&self) -> Result<Vec<(String, Object)>, ManifestError> {
+        let mut out = Vec::new();
+        for f in self.files() {
+            for o in manifest::parse(&f.body, &f.path)? {
+                out.push((f.path.clone(), o));
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn shape(component: Component, what: impl Into<String>) -> PlatformError {
+    PlatformError::Shape { component: component.name(), what: what.into() }
+}
+
+fn step(name: &str, files: Vec<PlanFile>, waits: Vec<Wait>, timeout_secs: u32) -> Step {
+    let server_side = files.iter().any(|f| {
+        manifest::parse(&f.body, &f.path)
+            .map(|objs| objs.iter().any(|o| manifest::applied_size(o) > LAST_APPLIED_LIMIT))
+            .unwrap_or(false)
+    });
+    Step { name: name.to_owned(), files, server_side, retry_apply: false, waits, timeout_secs }
+}
+
+fn file(step: &str, name: &str, objects: &[Object]) -> PlanFile {
+    PlanFile { path: format!("{step}/{name}.yaml"), body: manifest::emit(objects), secret: false }
+}
+
+fn rollouts(objects: &[Object]) -> Vec<Wait> {
+    objects
+        .iter()
+        .filter(|o| matches!(manifest::kind(o), "Deployment" | "DaemonSet"))
+        .map(|o| Wait::Rollout {
+            namespace: manifest::namespace(o).to_owned(),
+            object: format!("{}/{}", manifest::kind(o).to_lowercase(), manifest::name(o)),
+        })
+        .collect()
+}
+
+/// Renders the platform of `a`.
+pub fn render(a: &Appliance, pki: &Pki, sources: &Sources) -> Result<Plan, PlatformError> {
+    let mut plan = Plan::default();
+    let source = |c: Component| sources.get(&c).ok_or(PlatformError::MissingSource(c));
+    for c in Component::ALL.into_iter().filter(|c| c.enabled(a)) {
+        let text = source(c)?;
+        let mut objects = manifest::parse(text, c.name())?;
+        match c {
+            Component::Flannel => {
+                flannel(a, &mut objects)?;
+                let waits = rollouts(&objects);
+                plan.steps.push(step("10-flannel", vec![file("10-flannel", "kube-flannel", &objects)], waits, 600));
+                plan.steps.push(step("11-nodes", vec![], vec![Wait::Nodes { count: a.nodes.len() }], 1200));
+            }
+            Component::LocalPath => {
+                local_path(a, &mut objects)?;
+                let waits = rollouts(&objects);
+                plan.steps.push(step("20-local-path", vec![file("20-local-path", "local-path", &objects)], waits, 600));
+            }
+            Component::Metallb => {
+                let waits = rollouts(&objects);
+                plan.steps.push(step("30-metallb", vec![file("30-metallb", "metallb-native", &objects)], waits, 600));
+                let mut pools =
+                    step("31-metallb-pools", vec![file("31-metallb-pools", "pools", &metallb_pools(a))], vec![], 300);
+                pools.retry_apply = true;
+                plan.steps.push(pools);
+            }
+            Component::CertManager => {
+                let waits = rollouts(&objects);
+                plan.steps.push(step(
+                    "40-cert-manager",
+                    vec![file("40-cert-manager", "cert-manager", &objects)],
+                    waits,
+                    600,
+                ));
+                let mut issuer = step(
+                    "41-ca-issuer",
+                    vec![PlanFile {
+                        path: "41-ca-issuer/platform-ca.yaml".into(),
+                        body: manifest::emit(&ca_issuer(pki)),
+                        secret: true,
+                    }],
+                    vec![Wait::Condition {
+                        namespace: String::new(),
+                        object: format!("clusterissuer/{CA_ISSUER}"),
+                        condition: "Ready".into(),
+                    }],
+                    300,
+                );
+                issuer.retry_apply = true;
+                plan.steps.push(issuer);
+            }
+            Component::IngressNginx => {
+                ingress_nginx(a, &mut objects)?;
+                let mut waits: Vec<Wait> = objects
+                    .iter()
+                    .filter(|o| manifest::kind(o) == "Job")
+                    .map(|o| Wait::Condition {
+                        namespace: manifest::namespace(o).to_owned(),
+                        object: format!("job/{}", manifest::name(o)),
+                        condition: "Complete".into(),
+                    })
+                    .collect();
+                waits.extend(rollouts(&objects));
+                waits.push(Wait::Value {
+                    namespace: "ingress-nginx".into(),
+                    object: "service/ingress-nginx-controller".into(),
+                    path: "{.status.loadBalancer.ingress[0].ip}".into(),
+                    value: a.ingress_ip().to_string(),
+                });
+                plan.steps.push(step(
+                    "50-ingress-nginx",
+                    vec![file("50-ingress-nginx", "ingress-nginx", &objects)],
+                    waits,
+                    600,
+                ));
+            }
+        }
+    }
+    Ok(plan)
+}
+
+/// Flannel's network is the appliance's pod CIDR.
+fn flannel(a: &Appliance, objects: &mut [Object]) -> Result<(), PlatformError> {
+    let c = Component::Flannel;
+    let cm = manifest::find_mut(objects, "ConfigMap", "kube-flannel-cfg")
+        .ok_or_else(|| shape(c, "ConfigMap kube-flannel-cfg"))?;
+    let text = cm["data"]["net-conf.json"].as_str().ok_or_else(|| shape(c, "net-conf.json"))?;
+    let mut conf: Value = serde_json::from_str(text).map_err(|e| shape(c, format!("net-conf.json as JSON ({e})")))?;
+    conf["Network"] = json!(String::from(a.cluster.pod_cidr));
+    cm["data"]["net-conf.json"] = json!(serde_json::to_string_pretty(&conf).expect("JSON serialises") + "\n");
+    Ok(())
+}
+
+/// The default StorageClass; volumes under the appliance's path; the helper
+/// pod's image pinned.
+fn local_path(a: &Appliance, objects: &mut [Object]) -> Result<(), PlatformError> {
+    let c = Component::LocalPath;
+    let sc =
+        manifest::find_mut(objects, "StorageClass", "local-path").ok_or_else(|| shape(c, "StorageClass local-path"))?;
+    sc["metadata"]["annotations"]["storageclass.kubernetes.io/is-default-class"] = json!("true");
+    let cm = manifest::find_mut(objects, "ConfigMap", "local-path-config")
+        .ok_or_else(|| shape(c, "ConfigMap local-path-config"))?;
+    let text = cm["data"]["config.json"].as_str().ok_or_else(|| shape(c, "config.json"))?;
+    let mut conf: Value = serde_json::from_str(text).map_err(|e| shape(c, format!("config.json as JSON ({e})")))?;
+    let maps = conf["nodePathMap"].as_array_mut().ok_or_else(|| shape(c, "config.json nodePathMap"))?;
+    for m in maps.iter_mut() {
+        m["paths"] = json!([a.platform.storage_path]);
+    }
+    cm["data"]["config.json"] = json!(serde_json::to_string_pretty(&conf).expect("JSON serialises") + "\n");
+    let helper = cm["data"]["helperPod.yaml"].as_str().ok_or_else(|| shape(c, "helperPod.yaml"))?;
+    let mut pod: Value =
+        serde_saphyr::from_str(helper).map_err(|e| shape(c, format!("helperPod.yaml as YAML ({e})")))?;
+    for container in pod["spec"]["containers"].as_array_mut().ok_or_else(|| shape(c, "helper pod containers"))? {
+        container["image"] = json!(LOCAL_PATH_HELPER_IMAGE);
+    }
+    cm["data"]["helperPod.yaml"] = json!(serde_json::to_string_pretty(&pod).expect("JSON serialises") + "\n");
+    Ok(())
+}
+
+/// The automatic pool, the fixed pool (`autoAssign: false`) and their L2
+/// announcement.
+fn metallb_pools(a: &Appliance) -> Vec<Object> {
+    let pool = |name: &str, ranges: Vec<String>, auto: bool| {
+        json!({
+            "apiVersion": "metallb.io/v1beta1",
+            "kind": "IPAddressPool",
+            "metadata": {"name": name, "namespace": "metallb-system"},
+            "spec": {"addresses": ranges, "autoAssign": auto},
+        })
+    };
+    let mut out = Vec::new();
+    let auto = a.auto_ranges();
+    let mut names = Vec::new();
+    if !auto.is_empty() {
+        out.push(pool(AUTO_POOL, auto.iter().map(ToString::to_string).collect(), true));
+        names.push(AUTO_POOL);
+    }
+    out.push(pool(FIXED_POOL, vec![a.fixed_pool().to_string()], false));
+    names.push(FIXED_POOL);
+    out.push(json!({
+        "apiVersion": "metallb.io/v1beta1",
+        "kind": "L2Advertisement",
+        "metadata": {"name": "hearth", "namespace": "metallb-system"},
+        "spec": {"ipAddressPools": names},
+    }));
+    out
+}
+
+/// The platform CA as a TLS Secret and the CA ClusterIssuer using it.
+fn ca_issuer(pki: &Pki) -> Vec<Object> {
+    let b64 = |s: &str| crate::kubeconfig::base64_encode::encode(s.as_bytes());
+    vec![
+        json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "hearth-platform-ca", "namespace": "cert-manager"},
+            "type": "kubernetes.io/tls",
+            "data": {"tls.crt": b64(&pki.platform_ca.cert_pem), "tls.key": b64(&pki.platform_ca.key_pem)},
+        }),
+        json!({
+            "apiVersion": "cert-manager.io/v1",
+            "kind": "ClusterIssuer",
+            "metadata": {"name": CA_ISSUER},
+            "spec": {"ca": {"secretName": "hearth-platform-ca"}},
+        }),
+    ]
+}
+
+/// The controller's LoadBalancer Service asks MetalLB for `ingress_ip`.
+fn ingress_nginx(a: &Appliance, objects: &mut [Object]) -> Result<(), PlatformError> {
+    let c = Component::IngressNginx;
+    let svc = manifest::find_mut(objects, "Service", "ingress-nginx-controller")
+        .ok_or_else(|| shape(c, "Service ingress-nginx-controller"))?;
+    svc["metadata"]["annotations"]["metallb.universe.tf/loadBalancerIPs"] = json!(a.ingress_ip().to_string());
+    Ok(())
+}
+
+/// An image the node image preloads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Preloaded {
+    /// As the recipe names it.
+    pub reference: String,
+    /// Its pinned index or manifest digest, if known.
+    pub digest: Option<Sha256>,
+}
+
+/// Refuses a plan that could not run offline: every container image must be
+/// preloaded (by name, and by digest where the manifest pins one) and none
+/// pulled `Always`. Each problem names the object, the image and the fix.
+pub fn check(plan: &Plan, preloaded: &[Preloaded], recipe: &str) -> Result<(), PlatformError> {
+    let mut have: BTreeMap<String, Vec<Option<Sha256>>> = BTreeMap::new();
+    for p in preloaded {
+        if let Ok(r) = Reference::parse(&p.reference) {
+            have.entry(r.name()).or_default().push(p.digest.or(r.digest));
+        }
+    }
+    let mut problems = Vec::new();
+    for (path, o) in plan.objects()? {
+        for (where_, spec) in manifest::pod_specs(&o) {
+            for (container, image, policy) in manifest::containers(&spec) {
+                let at = format!("{where_} container `{container}` (in {path})");
+                let r = match Reference::parse(&image) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        problems.push(format!("{at}: {e}"));
+                        continue;
+                    }
+                };
+                let name =
+                    if r.tag.is_none() && r.digest.is_none() { format!("{}:latest", r.name()) } else { r.name() };
+                let ok = have.get(&name).is_some_and(|ds| match r.digest {
+                    Some(d) => ds.contains(&Some(d)),
+                    None => true,
+                });
+                if !ok {
+                    let digest = r.digest.map(|d| format!("digest = \"{}\"\n", d.oci())).unwrap_or_default();
+                    problems.push(format!(
+                        "{at}: image `{image}` is not preloaded by {recipe}; add\n    [[images]]\n    reference = \"{name}\"\n    {digest}",
+                    ));
+                }
+                if policy.as_deref() == Some("Always") {
+                    problems.push(format!(
+                        "{at}: pulls `{image}` with imagePullPolicy: Always (offline it must be IfNotPresent)"
+                    ));
+                }
+            }
+        }
+    }
+    if problems.is_empty() { Ok(()) } else { Err(PlatformError::NotHermetic(problems)) }
+}

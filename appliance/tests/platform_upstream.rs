@@ -1,0 +1,341 @@
+//! The platform rendered from the real upstream manifests at their pinned
+//! tags (`shared/upstream/`, byte for byte), judged by real tools: Helm v3.17.1
+//! builds cert-manager's static manifest from its chart as its release does,
+//! kubernetes-validate checks every object against Kubernetes v1.29.0's
+//! schemas, the rendered CRDs judge the custom resources (jsonschema), and
+//! PyYAML reads the upstream files independently of hearth's YAML reader.
+//! `tests/tools/k8s-tools.sh` installs the tools and names them in
+//! HEARTH_HELM, HEARTH_K8S_VALIDATE and HEARTH_K8S_PYTHON.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use hearth_appliance::pki::{Ca, Pki};
+use hearth_appliance::platform::{self, Component, Plan, Preloaded, Sources, manifest};
+use hearth_appliance::spec::Appliance;
+use hearth_builder::digest::Sha256;
+
+fn upstream() -> Option<PathBuf> {
+    let dir = std::env::var_os("HEARTH_UPSTREAM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/upstream"));
+    if dir.join("FILES.tsv").exists() {
+        return Some(dir);
+    }
+    let required = std::env::var_os("CI").is_some() || std::env::var_os("HEARTH_REQUIRE_TOOLS").is_some();
+    assert!(!required, "the upstream files are required here: no {}", dir.display());
+    eprintln!("SKIPPED: no upstream files at {} (HEARTH_UPSTREAM)", dir.display());
+    None
+}
+
+/// A tool named by an environment variable (set by tests/tools/k8s-tools.sh).
+fn tool(var: &str) -> Option<PathBuf> {
+    match std::env::var_os(var) {
+        Some(p) if Path::new(&p).exists() => Some(PathBuf::from(p)),
+        _ => {
+            let required = std::env::var_os("CI").is_some() || std::env::var_os("HEARTH_REQUIRE_TOOLS").is_some();
+            assert!(!required, "{var} must name an installed tool (tests/tools/k8s-tools.sh)");
+            eprintln!("SKIPPED: {var} is not set (tests/tools/k8s-tools.sh)");
+            None
+        }
+    }
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for e in fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
+
+/// cert-manager's `cert-manager.yaml` as its release makes it: Chart.yaml from
+/// Chart.template.yaml (version and appVersion v1.15.5), `templates/crds.yaml`
+/// from `deploy/crds/*.yaml` joined by `---`, then `helm template` with
+/// `crds.enabled`, `creator=static`, no startupapicheck, after the Namespace.
+fn cert_manager_static(helm: &Path, up: &Path, work: &Path) -> String {
+    let src = up.join("cert-manager-v1.15.5/deploy");
+    let chart = work.join("cert-manager");
+    copy_dir(&src.join("charts/cert-manager"), &chart);
+    let template = fs::read_to_string(chart.join("Chart.template.yaml")).unwrap();
+    let chart_yaml = template.replace("v0.0.0", "v1.15.5").replace("\"{{IS_PRERELEASE}}\"", "\"false\"");
+    assert_ne!(chart_yaml, template, "Chart.template.yaml has the release placeholders");
+    fs::write(chart.join("Chart.yaml"), chart_yaml).unwrap();
+    let mut crds: Vec<PathBuf> = fs::read_dir(src.join("crds"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    crds.sort();
+    let joined: Vec<String> = crds.iter().map(|p| fs::read_to_string(p).unwrap()).collect();
+    fs::write(chart.join("templates/crds.yaml"), joined.join("\n---\n")).unwrap();
+    let rendered = run(Command::new(helm)
+        .args([
+            "template",
+            "--api-versions=",
+            "--namespace=cert-manager",
+            "--set=crds.enabled=true",
+            "--set=creator=static",
+            "--set=startupapicheck.enabled=false",
+            "cert-manager",
+        ])
+        .arg(&chart));
+    format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: cert-manager\n---\n{rendered}")
+}
+
+fn sources(helm: &Path, up: &Path, work: &Path) -> Sources {
+    let read = |rel: &str| fs::read_to_string(up.join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
+    Sources::from([
+        (Component::Flannel, read("flannel-v0.25.5/Documentation/kube-flannel.yml")),
+        (Component::LocalPath, read("local-path-provisioner-v0.0.28/deploy/local-path-storage.yaml")),
+        (Component::Metallb, read("metallb-v0.14.8/config/manifests/metallb-native.yaml")),
+        (Component::CertManager, cert_manager_static(helm, up, work)),
+        (Component::IngressNginx, read("ingress-nginx-controller-v1.11.5/deploy/static/provider/cloud/deploy.yaml")),
+    ])
+}
+
+/// Fixed PKI contents: the render must not depend on fresh keys.
+fn pki() -> Pki {
+    let ca = |n: &str| Ca { cert_pem: format!("-----CERT {n}-----\n"), key_pem: format!("-----KEY {n}-----\n") };
+    Pki {
+        ca: ca("ca"),
+        front_proxy_ca: ca("front-proxy-ca"),
+        etcd_ca: ca("etcd-ca"),
+        platform_ca: ca("platform-ca"),
+        sa_key_pem: "-----KEY sa-----\n".into(),
+        sa_pub_pem: "-----PUB sa-----\n".into(),
+        token: "abcdef.0123456789abcdef".into(),
+    }
+}
+
+/// What the default recipe preloads.
+fn default_recipe_images() -> Vec<Preloaded> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../images/ubuntu-24.04-k8s-1.29.toml");
+    let recipe: toml::Value = toml::from_str(&fs::read_to_string(path).unwrap()).unwrap();
+    recipe["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| Preloaded {
+            reference: i["reference"].as_str().unwrap().to_owned(),
+            digest: i.get("digest").map(|d| Sha256::parse_oci(d.as_str().unwrap()).unwrap()),
+        })
+        .collect()
+}
+
+struct Setup {
+    _work: tempfile::TempDir,
+    plan: Plan,
+    files: Vec<PathBuf>,
+    python: Option<PathBuf>,
+    up: PathBuf,
+}
+
+fn setup() -> Option<Setup> {
+    let up = upstream()?;
+    let helm = tool("HEARTH_HELM")?;
+    let work = tempfile::tempdir().unwrap();
+    let plan = platform::render(&Appliance::default(), &pki(), &sources(&helm, &up, work.path())).unwrap();
+    let mut files = Vec::new();
+    for f in plan.files() {
+        let p = work.path().join("plan").join(&f.path);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, &f.body).unwrap();
+        files.push(p);
+    }
+    Some(Setup { python: std::env::var_os("HEARTH_K8S_PYTHON").map(PathBuf::from), _work: work, plan, files, up })
+}
+
+#[test]
+fn the_default_platform_renders_in_order_with_the_appliance_patches() {
+    let Some(s) = setup() else { return };
+    let names: Vec<&str> = s.plan.steps.iter().map(|st| st.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "10-flannel",
+            "11-nodes",
+            "20-local-path",
+            "30-metallb",
+            "31-metallb-pools",
+            "40-cert-manager",
+            "41-ca-issuer",
+            "50-ingress-nginx"
+        ]
+    );
+    let objects: Vec<manifest::Object> = s.plan.objects().unwrap().into_iter().map(|(_, o)| o).collect();
+    let find = |kind: &str, name: &str| {
+        objects
+            .iter()
+            .find(|o| manifest::kind(o) == kind && manifest::name(o) == name)
+            .unwrap_or_else(|| panic!("no {kind} {name}"))
+    };
+    let net: serde_json::Value =
+        serde_json::from_str(find("ConfigMap", "kube-flannel-cfg")["data"]["net-conf.json"].as_str().unwrap()).unwrap();
+    assert_eq!(net["Network"], "10.244.0.0/16");
+    assert_eq!(net["Backend"]["Type"], "vxlan", "the rest of Flannel's config stays");
+    let lp = find("ConfigMap", "local-path-config");
+    let conf: serde_json::Value = serde_json::from_str(lp["data"]["config.json"].as_str().unwrap()).unwrap();
+    assert_eq!(conf["nodePathMap"][0]["paths"], serde_json::json!(["/var/lib/hearth/local-path"]));
+    assert!(lp["data"]["helperPod.yaml"].as_str().unwrap().contains(platform::LOCAL_PATH_HELPER_IMAGE));
+    assert_eq!(
+        find("StorageClass", "local-path")["metadata"]["annotations"]["storageclass.kubernetes.io/is-default-class"],
+        "true"
+    );
+    let svc = find("Service", "ingress-nginx-controller");
+    assert_eq!(svc["metadata"]["annotations"]["metallb.universe.tf/loadBalancerIPs"], "192.168.122.101");
+    assert_eq!(
+        find("IPAddressPool", "hearth-fixed")["spec"]["addresses"],
+        serde_json::json!(["192.168.122.100-192.168.122.102"])
+    );
+    assert_eq!(find("IPAddressPool", "hearth-fixed")["spec"]["autoAssign"], false);
+    assert_eq!(
+        find("IPAddressPool", "hearth-auto")["spec"]["addresses"],
+        serde_json::json!(["192.168.122.103-192.168.122.150"])
+    );
+    assert_eq!(find("ClusterIssuer", "hearth-ca")["spec"]["ca"]["secretName"], "hearth-platform-ca");
+
+    // The plan the node runs: waits for every workload, the jobs, the LB address.
+    let text = s.plan.to_text();
+    for line in [
+        "step 10-flannel 600\n",
+        "rollout kube-flannel daemonset/kube-flannel-ds\n",
+        "nodes 3\n",
+        "step 31-metallb-pools 300 retry\n",
+        "rollout metallb-system deployment/controller\n",
+        "condition - clusterissuer/hearth-ca Ready\n",
+        "condition ingress-nginx job/ingress-nginx-admission-create Complete\n",
+        "value ingress-nginx service/ingress-nginx-controller {.status.loadBalancer.ingress[0].ip} 192.168.122.101\n",
+    ] {
+        assert!(text.contains(line), "plan lacks {line:?}:\n{text}");
+    }
+    // Only the CA issuer's file holds a secret; no object needs server-side apply here.
+    let secret: Vec<&str> = s.plan.files().filter(|f| f.secret).map(|f| f.path.as_str()).collect();
+    assert_eq!(secret, ["41-ca-issuer/platform-ca.yaml"]);
+    assert!(s.plan.steps.iter().all(|st| !st.server_side));
+
+    // The same appliance and state render the same bytes.
+    let again =
+        platform::render(&Appliance::default(), &pki(), &sources(&tool("HEARTH_HELM").unwrap(), &s.up, s._work.path()))
+            .unwrap();
+    assert_eq!(again, s.plan);
+}
+
+#[test]
+fn every_rendered_object_is_valid_for_kubernetes_1_29_and_its_crds() {
+    let Some(s) = setup() else { return };
+    let Some(validate) = tool("HEARTH_K8S_VALIDATE") else { return };
+    let out = run(Command::new(&validate).args(["-k", "1.29.0", "--strict", "--no-warn"]).args(&s.files));
+    assert!(!out.contains("ERROR"), "{out}");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/tools/validate-crs.py");
+    let python = s.python.clone().expect("HEARTH_K8S_PYTHON");
+    let out = run(Command::new(&python).arg(&script).args(&s.files));
+    assert!(out.contains("custom resources: 4 checked, 0 problems"), "{out}");
+    for kind in
+        ["IPAddressPool hearth-auto", "IPAddressPool hearth-fixed", "L2Advertisement hearth", "ClusterIssuer hearth-ca"]
+    {
+        assert!(out.contains(&format!("{kind} against its CRD")), "{kind}:\n{out}");
+    }
+
+    // The oracles can fail: a pool with a number for its addresses, an unknown field.
+    let bad = s._work.path().join("bad.yaml");
+    let pools = fs::read_to_string(s.files.iter().find(|f| f.ends_with("pools.yaml")).unwrap()).unwrap();
+    fs::write(&bad, pools.replace("\"autoAssign\": false", "\"autoAssign\": \"no\"")).unwrap();
+    let crds = s.files.iter().find(|f| f.ends_with("metallb-native.yaml")).unwrap();
+    let o = Command::new(&python).arg(&script).arg(crds).arg(&bad).output().unwrap();
+    assert!(!o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("ERROR"));
+    let svc = s._work.path().join("svc.yaml");
+    fs::write(&svc, "apiVersion: v1\nkind: Service\nmetadata:\n  name: x\nspec:\n  bogus: 1\n").unwrap();
+    let o = Command::new(&validate).args(["-k", "1.29.0", "--strict"]).arg(&svc).output().unwrap();
+    assert!(!o.status.success(), "kubernetes-validate let an unknown field through");
+}
+
+#[test]
+fn the_default_recipe_preloads_every_image_the_platform_runs() {
+    let Some(s) = setup() else { return };
+    let recipe = "images/ubuntu-24.04-k8s-1.29.toml";
+    let images = default_recipe_images();
+    platform::check(&s.plan, &images, recipe).unwrap();
+
+    // Each platform image is needed: without it the check names the object and the fix.
+    let platform_images: Vec<&Preloaded> = images
+        .iter()
+        .filter(|i| {
+            !i.reference.starts_with("registry.k8s.io/kube-")
+                && !["etcd", "coredns", "pause"].iter().any(|n| i.reference.contains(n))
+        })
+        .collect();
+    assert!(platform_images.len() >= 10, "{platform_images:?}");
+    for gone in platform_images {
+        let fewer: Vec<Preloaded> = images.iter().filter(|i| *i != gone).cloned().collect();
+        let e = platform::check(&s.plan, &fewer, recipe).unwrap_err().to_string();
+        assert!(e.contains("is not preloaded by images/ubuntu-24.04-k8s-1.29.toml; add"), "{e}");
+        let name = gone.reference.rsplit('/').next().unwrap();
+        assert!(e.contains(name), "removing {} must be noticed:\n{e}", gone.reference);
+    }
+
+    // A digest the manifest pins must be the preloaded one.
+    let mut other = images.clone();
+    for i in &mut other {
+        if i.reference.contains("ingress-nginx/controller") {
+            i.digest = Some(Sha256::parse_oci(&format!("sha256:{}", "0".repeat(64))).unwrap());
+        }
+    }
+    let e = platform::check(&s.plan, &other, recipe).unwrap_err().to_string();
+    assert!(e.contains("Deployment ingress-nginx/ingress-nginx-controller container `controller`"), "{e}");
+
+    // imagePullPolicy: Always is refused.
+    let mut always = s.plan.clone();
+    let f = always
+        .steps
+        .iter_mut()
+        .flat_map(|st| st.files.iter_mut())
+        .find(|f| f.path.ends_with("local-path.yaml"))
+        .unwrap();
+    f.body = f.body.replace("\"imagePullPolicy\": \"IfNotPresent\"", "\"imagePullPolicy\": \"Always\"");
+    let e = platform::check(&always, &images, recipe).unwrap_err().to_string();
+    assert!(e.contains("imagePullPolicy: Always"), "{e}");
+}
+
+#[test]
+fn hearths_yaml_reading_agrees_with_pyyaml_on_every_upstream_manifest() {
+    let Some(up) = upstream() else { return };
+    let Some(python) = tool("HEARTH_K8S_PYTHON") else { return };
+    for rel in [
+        "flannel-v0.25.5/Documentation/kube-flannel.yml",
+        "local-path-provisioner-v0.0.28/deploy/local-path-storage.yaml",
+        "metallb-v0.14.8/config/manifests/metallb-native.yaml",
+        "ingress-nginx-controller-v1.11.5/deploy/static/provider/cloud/deploy.yaml",
+    ] {
+        let text = fs::read_to_string(up.join(rel)).unwrap();
+        let ours = manifest::parse(&text, rel).unwrap();
+        let theirs = run(Command::new(&python)
+            .args([
+                "-c",
+                "import json, sys, yaml; print(json.dumps([d for d in yaml.safe_load_all(open(sys.argv[1])) if d]))",
+            ])
+            .arg(up.join(rel)));
+        let theirs: Vec<serde_json::Value> = serde_json::from_str(&theirs).unwrap();
+        assert_eq!(ours, theirs, "{rel}");
+    }
+}
