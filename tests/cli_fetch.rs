@@ -298,8 +298,19 @@ fn the_default_recipe_loads_and_names_exactly_its_unpinned_inputs() {
     cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
     let r = common::Run::from(cmd.output().unwrap()).fails();
     // README lists these two as left to `hearth lock`; keep both in step.
-    r.stderr_has("2 input(s) of `images/ubuntu-24.04-k8s-1.29.toml` are not pinned");
+    r.stderr_has("9 input(s) of `images/ubuntu-24.04-k8s-1.29.toml` are not pinned");
     r.stderr_has("debs/conntrack (line");
     r.stderr_has("images/registry.k8s.io/kube-proxy:v1.29.15 (line");
+    for image in [
+        "docker.io/flannel/flannel:v0.25.5",
+        "docker.io/flannel/flannel-cni-plugin:v1.5.1-flannel1",
+        "docker.io/rancher/local-path-provisioner:v0.0.28",
+        "docker.io/library/busybox:1.36.1",
+        "quay.io/jetstack/cert-manager-controller:v1.15.5",
+        "quay.io/jetstack/cert-manager-webhook:v1.15.5",
+        "quay.io/jetstack/cert-manager-cainjector:v1.15.5",
+    ] {
+        r.stderr_has(&format!("images/{image} (line"));
+    }
     assert!(!env.store.exists(), "nothing may be written");
 }
