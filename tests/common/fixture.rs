@@ -51,7 +51,7 @@ pub fn write_fixture_recipe(env: &Env, srv: &Server, fixture: &Path, extra: &str
     let dir = env.path("recipe");
     std::fs::create_dir_all(dir.join("files")).unwrap();
     let images_files = Path::new(env!("CARGO_MANIFEST_DIR")).join("images/files");
-    for f in ["hearth-firstboot", "hearth-firstboot.service"] {
+    for f in ["hearth-firstboot", "hearth-firstboot.service", "hearth-platform"] {
         std::fs::copy(images_files.join(f), dir.join("files").join(f)).unwrap();
     }
     let recipe = dir.join("fixture.toml");
@@ -79,6 +79,10 @@ sha256 = "{less_sha}"
 [[files]]
 path = "/usr/local/lib/hearth/firstboot"
 source = "files/hearth-firstboot"
+mode = "0755"
+[[files]]
+path = "/usr/local/lib/hearth/platform"
+source = "files/hearth-platform"
 mode = "0755"
 [[files]]
 path = "/etc/systemd/system/hearth-firstboot.service"
