@@ -126,16 +126,16 @@ pub fn pod_specs(o: &Object) -> Vec<(String, Object)> {
     if let Some(spec) = found {
         out.push((describe(o), spec));
     }
-    if kind(o) == "ConfigMap" {
-        if let Some(data) = o.get("data").and_then(Value::as_object) {
-            for (key, value) in data {
-                let Some(text) = value.as_str() else { continue };
-                let Ok(inner) = serde_saphyr::from_str::<Value>(text) else { continue };
-                if inner.get("kind").and_then(Value::as_str) == Some("Pod") {
-                    if let Some(spec) = inner.get("spec") {
-                        out.push((format!("{} key `{key}` (a Pod)", describe(o)), spec.clone()));
-                    }
-                }
+    if kind(o) == "ConfigMap"
+        && let Some(data) = o.get("data").and_then(Value::as_object)
+    {
+        for (key, value) in data {
+            let Some(text) = value.as_str() else { continue };
+            let Ok(inner) = serde_saphyr::from_str::<Value>(text) else { continue };
+            if inner.get("kind").and_then(Value::as_str) == Some("Pod")
+                && let Some(spec) = inner.get("spec")
+            {
+                out.push((format!("{} key `{key}` (a Pod)", describe(o)), spec.clone()));
             }
         }
     }
