@@ -7,6 +7,8 @@
 //! `tests/tools/k8s-tools.sh` installs the tools and names them in
 //! HEARTH_HELM, HEARTH_K8S_VALIDATE and HEARTH_K8S_PYTHON.
 
+#![allow(clippy::print_stderr)]
+
 mod common;
 
 use std::fs;
