@@ -204,6 +204,36 @@ fn print_status(st: &Status, json: bool) -> CmdResult {
         Some(p) => println!("platform: {} pods, {} not healthy: {}", p.pods, p.unhealthy.len(), p.unhealthy.join("; ")),
         None => println!("platform: unknown (the API does not answer)"),
     }
+    if let Some(c) = st.platform.as_ref().map(|p| &p.components) {
+        let mut by_component: Vec<(&str, usize, usize)> = Vec::new();
+        for w in &c.workloads {
+            match by_component.last_mut() {
+                Some((name, n, ready)) if *name == w.component => {
+                    *n += 1;
+                    *ready += usize::from(w.ready);
+                }
+                _ => by_component.push((&w.component, 1, usize::from(w.ready))),
+            }
+        }
+        for (name, n, ready) in by_component {
+            println!("  {name:<14} {ready}/{n} workloads ready");
+        }
+        let or_dash = |v: Option<&str>| v.unwrap_or("-").to_owned();
+        println!("  {:<14} {}", "ingress", or_dash(c.ingress_ip.as_deref()));
+        println!(
+            "  {:<14} {}",
+            "ca issuer",
+            match c.issuer_ready {
+                Some(true) => "Ready",
+                Some(false) => "not Ready",
+                None => "-",
+            }
+        );
+        println!("  {:<14} {}", "storage class", or_dash(c.default_storage_class.as_deref()));
+        if let Some(p) = &c.pending {
+            println!("  first missing: {p}");
+        }
+    }
     match st.pending {
         None => println!("ready: every stage reached"),
         Some(s) => println!("pending: {}", hearth_appliance::ready::describe(st, s)),

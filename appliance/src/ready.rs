@@ -183,13 +183,188 @@ pub struct NodeStatus {
     pub kubernetes: Option<String>,
 }
 
-/// The platform's pods.
+/// The platform's pods and components.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Platform {
     /// Pods seen.
     pub pods: usize,
     /// `namespace/name: phase` of every pod not Running+ready nor Succeeded.
     pub unhealthy: Vec<String>,
+    /// The components hearth installs.
+    pub components: Components,
+}
+
+/// One Deployment or DaemonSet of a platform component.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Workload {
+    /// The component (`metallb`).
+    pub component: String,
+    /// `Deployment metallb-system/controller`.
+    pub object: String,
+    /// Available (Deployment) or every scheduled pod ready (DaemonSet).
+    pub ready: bool,
+    /// Why not, from its status.
+    pub detail: String,
+}
+
+/// The platform components, as the API shows them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Components {
+    /// Every workload of every enabled component, in plan order.
+    pub workloads: Vec<Workload>,
+    /// The ingress controller's load-balancer address.
+    pub ingress_ip: Option<String>,
+    /// Whether the CA ClusterIssuer is Ready (absent: not there).
+    pub issuer_ready: Option<bool>,
+    /// The default StorageClass.
+    pub default_storage_class: Option<String>,
+    /// The first thing still missing, with its reason (absent: all there).
+    pub pending: Option<String>,
+}
+
+/// Namespace of each component's workloads (as the upstream manifests make them).
+fn component_namespace(c: crate::platform::Component) -> &'static str {
+    use crate::platform::Component as C;
+    match c {
+        C::Flannel => "kube-flannel",
+        C::LocalPath => "local-path-storage",
+        C::Metallb => "metallb-system",
+        C::CertManager => "cert-manager",
+        C::IngressNginx => "ingress-nginx",
+    }
+}
+
+fn deployment_workload(component: &str, d: k8s_openapi::api::apps::v1::Deployment) -> Workload {
+    let object =
+        format!("Deployment {}/{}", d.metadata.namespace.unwrap_or_default(), d.metadata.name.unwrap_or_default());
+    let available =
+        d.status.and_then(|s| s.conditions).unwrap_or_default().into_iter().find(|c| c.type_ == "Available");
+    let (ready, detail) = match available {
+        Some(c) if c.status == "True" => (true, String::new()),
+        Some(c) => {
+            (false, format!("not available: {} ({})", c.reason.unwrap_or_default(), c.message.unwrap_or_default()))
+        }
+        None => (false, "not available: no status yet".into()),
+    };
+    Workload { component: component.into(), object, ready, detail }
+}
+
+fn daemonset_workload(component: &str, d: k8s_openapi::api::apps::v1::DaemonSet) -> Workload {
+    let object =
+        format!("DaemonSet {}/{}", d.metadata.namespace.unwrap_or_default(), d.metadata.name.unwrap_or_default());
+    let (want, ready) = d.status.map_or((0, 0), |s| (s.desired_number_scheduled, s.number_ready));
+    Workload {
+        component: component.into(),
+        object,
+        ready: want > 0 && ready == want,
+        detail: if want > 0 && ready == want { String::new() } else { format!("{ready} of {want} pods ready") },
+    }
+}
+
+/// The platform components of `a`, through `client`: each component's
+/// workloads, the ingress address, the CA issuer, the default StorageClass,
+/// and the first thing missing in plan order.
+pub async fn components(client: &kube::Client, a: &crate::spec::Appliance) -> Components {
+    use crate::platform::Component as C;
+    use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+    use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::api::storage::v1::StorageClass;
+    let lp = ListParams::default();
+    let mut out = Components::default();
+    let mut pending: Vec<String> = Vec::new();
+    let enabled = |c: C| {
+        let p = &a.platform.components;
+        match c {
+            C::Flannel => p.flannel,
+            C::LocalPath => p.local_path,
+            C::Metallb => p.metallb,
+            C::CertManager => p.cert_manager,
+            C::IngressNginx => p.ingress_nginx,
+        }
+    };
+    for c in C::ALL.into_iter().filter(|c| enabled(*c)) {
+        let ns = component_namespace(c);
+        let mut workloads = Vec::new();
+        if let Ok(list) = Api::<Deployment>::namespaced(client.clone(), ns).list(&lp).await {
+            workloads.extend(list.items.into_iter().map(|d| deployment_workload(c.name(), d)));
+        }
+        if let Ok(list) = Api::<DaemonSet>::namespaced(client.clone(), ns).list(&lp).await {
+            workloads.extend(list.items.into_iter().map(|d| daemonset_workload(c.name(), d)));
+        }
+        workloads.sort_by(|x, y| x.object.cmp(&y.object));
+        if workloads.is_empty() {
+            pending.push(format!("{}: nothing deployed in namespace {ns} yet", c.name()));
+        }
+        for w in workloads.iter().filter(|w| !w.ready) {
+            pending.push(format!("{}: {} {}", c.name(), w.object, w.detail));
+        }
+        out.workloads.extend(workloads);
+        match c {
+            C::LocalPath => {
+                if let Ok(list) = Api::<StorageClass>::all(client.clone()).list(&lp).await {
+                    out.default_storage_class = list
+                        .items
+                        .into_iter()
+                        .filter(|sc| {
+                            sc.metadata.annotations.as_ref().is_some_and(|an| {
+                                an.get("storageclass.kubernetes.io/is-default-class").map(String::as_str)
+                                    == Some("true")
+                            })
+                        })
+                        .filter_map(|sc| sc.metadata.name)
+                        .min();
+                }
+                if out.default_storage_class.is_none() {
+                    pending.push("local-path: no default StorageClass yet".into());
+                }
+            }
+            C::CertManager => {
+                let gvk = kube::api::GroupVersionKind::gvk("cert-manager.io", "v1", "ClusterIssuer");
+                let ar = kube::api::ApiResource::from_gvk_with_plural(&gvk, "clusterissuers");
+                let issuers: Api<kube::api::DynamicObject> = Api::all_with(client.clone(), &ar);
+                let issuer = issuers.get_opt(crate::platform::CA_ISSUER).await.ok().flatten();
+                let ready = issuer.as_ref().map(|i| {
+                    i.data["status"]["conditions"]
+                        .as_array()
+                        .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+                });
+                out.issuer_ready = ready;
+                if ready != Some(true) {
+                    let why = issuer
+                        .and_then(|i| {
+                            i.data["status"]["conditions"].as_array().and_then(|cs| {
+                                cs.iter().find(|c| c["type"] == "Ready").map(|c| {
+                                    format!(
+                                        ": {} ({})",
+                                        c["reason"].as_str().unwrap_or(""),
+                                        c["message"].as_str().unwrap_or("")
+                                    )
+                                })
+                            })
+                        })
+                        .unwrap_or_else(|| if ready.is_none() { " (not there yet)".into() } else { String::new() });
+                    pending.push(format!("cert-manager: ClusterIssuer {} not Ready{why}", crate::platform::CA_ISSUER));
+                }
+            }
+            C::IngressNginx => {
+                let svc = Api::<Service>::namespaced(client.clone(), ns).get_opt("ingress-nginx-controller").await;
+                out.ingress_ip =
+                    svc.ok().flatten().and_then(|s| s.status?.load_balancer?.ingress?.into_iter().find_map(|i| i.ip));
+                let want = a.ingress_ip().to_string();
+                if out.ingress_ip.as_deref() != Some(want.as_str()) {
+                    pending.push(format!(
+                        "ingress-nginx: Service {ns}/ingress-nginx-controller has {} (wants {want})",
+                        out.ingress_ip
+                            .as_deref()
+                            .map_or("no load-balancer address".into(), |ip| format!("address {ip}"))
+                    ));
+                }
+            }
+            C::Flannel | C::Metallb => {}
+        }
+    }
+    out.pending = pending.into_iter().next();
+    out
 }
 
 /// The appliance, as seen now.
@@ -301,10 +476,10 @@ impl<'a> Checker<'a> {
     fn platform(&mut self) -> Option<Platform> {
         let client = self.client().ok()?;
         self.rt.block_on(async {
-            let pods: Api<Pod> = Api::all(client);
+            let pods: Api<Pod> = Api::all(client.clone());
             let list =
                 tokio::time::timeout(Duration::from_secs(10), pods.list(&ListParams::default())).await.ok()?.ok()?;
-            let mut p = Platform { pods: list.items.len(), unhealthy: Vec::new() };
+            let mut p = Platform { pods: list.items.len(), ..Platform::default() };
             for pod in list.items {
                 let status = pod.status.unwrap_or_default();
                 let phase = status.phase.unwrap_or_else(|| "Unknown".into());
@@ -320,6 +495,7 @@ impl<'a> Checker<'a> {
                 }
             }
             p.unhealthy.sort();
+            p.components = components(&client, &self.launched.appliance).await;
             Some(p)
         })
     }
@@ -371,7 +547,9 @@ impl<'a> Checker<'a> {
             Stage::Ip => nodes.iter().all(|n| n.ip_answers),
             Stage::Api => api_ready,
             Stage::Nodes => nodes.iter().all(|n| n.kubernetes.as_deref() == Some("Ready")),
-            Stage::Platform => platform.as_ref().is_some_and(|p| p.pods > 0 && p.unhealthy.is_empty()),
+            Stage::Platform => platform
+                .as_ref()
+                .is_some_and(|p| p.pods > 0 && p.unhealthy.is_empty() && p.components.pending.is_none()),
         };
         let pending = Stage::ALL.into_iter().find(|st| !reached(*st));
         Ok(Status {
@@ -450,7 +628,7 @@ pub fn describe(st: &Status, stage: Stage) -> String {
             .collect(),
         Stage::Platform => match &st.platform {
             Some(p) if p.pods == 0 => vec!["no pods yet".into()],
-            Some(p) => p.unhealthy.iter().take(5).cloned().collect(),
+            Some(p) => p.components.pending.iter().chain(p.unhealthy.iter().take(5)).cloned().collect(),
             None => vec!["the API does not list pods".into()],
         },
     };
