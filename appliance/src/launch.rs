@@ -20,6 +20,7 @@ use hearth_builder::cmd::{self, CmdError};
 use crate::files::{FileError, remove_if_present, write_atomic};
 use crate::libvirt::{Libvirt, LibvirtError, NetworkUse};
 use crate::pki::{Pki, PkiError};
+use crate::platform::{self, Plan};
 use crate::seed;
 use crate::spec::{Appliance, NodeSpec};
 use crate::state::{Launched, State};
@@ -43,6 +44,9 @@ pub enum LaunchError {
     /// The state directory.
     #[error(transparent)]
     State(#[from] crate::state::StateError),
+    /// The platform does not render or would not run offline.
+    #[error(transparent)]
+    Platform(#[from] platform::PlatformError),
     /// A file.
     #[error("{op} `{}`", path.display())]
     Io {
@@ -108,11 +112,31 @@ pub struct Options<'a> {
     pub ssh_key: Option<&'a str>,
     /// `kvm`, or `qemu` for TCG.
     pub domain_type: &'a str,
+    /// The platform to render and check (absent: none is installed).
+    pub platform: Option<&'a PlatformInputs>,
+}
+
+/// What the platform is rendered from: the recipe's manifests and what its
+/// image preloads.
+#[derive(Clone, Debug)]
+pub struct PlatformInputs {
+    /// The upstream manifests, by component.
+    pub sources: platform::Sources,
+    /// The images the node image preloads.
+    pub preloaded: Vec<platform::Preloaded>,
+    /// The recipe, for messages (`images/...toml`).
+    pub recipe: String,
 }
 
 /// Prepares every node's files (overlays and seeds are made anew), the nodes
 /// side by side: each is two short-lived processes and a few small files.
-pub fn prepare(a: &Appliance, pki: &Pki, image: &Image, o: &Options) -> Result<Vec<NodePlan>, LaunchError> {
+pub fn prepare(
+    a: &Appliance,
+    pki: &Pki,
+    image: &Image,
+    o: &Options,
+    plan: Option<&Plan>,
+) -> Result<Vec<NodePlan>, LaunchError> {
     let ca_hash = pki.ca_cert_hash()?;
     fs::create_dir_all(o.storage).map_err(io("creating", o.storage))?;
     std::thread::scope(|s| {
@@ -121,7 +145,8 @@ pub fn prepare(a: &Appliance, pki: &Pki, image: &Image, o: &Options) -> Result<V
             .iter()
             .map(|node| {
                 let ca_hash = &ca_hash;
-                s.spawn(move || prepare_node(a, node, image, o, pki, ca_hash))
+                let plan = plan.filter(|_| node.role == crate::spec::Role::ControlPlane);
+                s.spawn(move || prepare_node(a, node, image, o, pki, ca_hash, plan))
             })
             .collect();
         workers.into_iter().map(|w| w.join().expect("a node's preparation panicked")).collect()
@@ -135,6 +160,7 @@ fn prepare_node(
     o: &Options,
     pki: &Pki,
     ca_hash: &str,
+    plan: Option<&Plan>,
 ) -> Result<NodePlan, LaunchError> {
     let domain = a.domain_name(node);
     let disk = o.storage.join(format!("{domain}.qcow2"));
@@ -160,15 +186,28 @@ fn prepare_node(
     {
         write_atomic(&dir.join(name), body.as_bytes(), 0o600)?;
     }
+    // The control plane's platform plan travels on its seed (`platform/`).
+    let platform_dir = dir.join("platform");
+    match fs::remove_dir_all(&platform_dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io("removing", &platform_dir)(e)),
+        _ => {}
+    }
+    let mut grafts = vec![
+        format!("user-data={}", dir.join("user-data").display()),
+        format!("meta-data={}", dir.join("meta-data").display()),
+        format!("network-config={}", dir.join("network-config").display()),
+    ];
+    if let Some(plan) = plan {
+        write_plan(plan, &platform_dir)?;
+        grafts.push(format!("platform/={}", platform_dir.display()));
+    }
     let iso = seed_img.with_extension("iso.partial");
     cmd::run(
         Command::new("genisoimage")
             .args(["-quiet", "-output"])
             .arg(&iso)
-            .args(["-volid", "cidata", "-joliet", "-rock"])
-            .arg(dir.join("user-data"))
-            .arg(dir.join("meta-data"))
-            .arg(dir.join("network-config")),
+            .args(["-volid", "cidata", "-joliet", "-rock", "-graft-points"])
+            .args(&grafts),
     )?;
     fs::set_permissions(&iso, fs::Permissions::from_mode(0o600)).map_err(io("protecting", &iso))?;
     fs::rename(&iso, &seed_img).map_err(io("writing", &seed_img))?;
@@ -178,11 +217,30 @@ fn prepare_node(
     Ok(NodePlan { node: node.name.clone(), domain, disk, seed: seed_img, console_log, xml: xml_text })
 }
 
+/// Writes `plan` into `dir` (0700): the `plan` file and each step's files,
+/// every one 0600 (some hold the platform CA's key).
+pub fn write_plan(plan: &Plan, dir: &Path) -> Result<(), LaunchError> {
+    let mkdir = |d: &Path| -> Result<(), LaunchError> {
+        fs::create_dir_all(d).map_err(io("creating", d))?;
+        fs::set_permissions(d, fs::Permissions::from_mode(0o700)).map_err(io("protecting", d))
+    };
+    mkdir(dir)?;
+    for f in plan.files() {
+        let path = dir.join(&f.path);
+        mkdir(path.parent().expect("a step directory"))?;
+        write_atomic(&path, f.body.as_bytes(), 0o600)?;
+    }
+    write_atomic(&dir.join("plan"), plan.to_text().as_bytes(), 0o600)?;
+    Ok(())
+}
+
 /// Where the host side of a launch spent its time.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Timings {
     /// Loading or making the PKI.
     pub pki: Duration,
+    /// Rendering and checking the platform.
+    pub render: Duration,
     /// Overlays and seeds (with the network made alongside).
     pub files: Duration,
     /// Defining and starting the domains.
@@ -225,8 +283,19 @@ pub fn up(lv: &Libvirt, a: &Appliance, state: &State, image: &Path, o: &Options)
         let mut host_side = || -> Result<(Vec<NodePlan>, Launched), LaunchError> {
             let pki = state.pki()?;
             timings.pki = began.elapsed();
-            let plans = prepare(a, &pki, &Image::in_entry(image), o)?;
-            timings.files = began.elapsed() - timings.pki;
+            // Rendered and checked before any domain is defined: a plan that
+            // could not run offline stops the launch here.
+            let plan = match o.platform {
+                Some(p) => {
+                    let plan = platform::render(a, &pki, &p.sources)?;
+                    platform::check(&plan, &p.preloaded, &p.recipe)?;
+                    Some(plan)
+                }
+                None => None,
+            };
+            timings.render = began.elapsed() - timings.pki;
+            let plans = prepare(a, &pki, &Image::in_entry(image), o, plan.as_ref())?;
+            timings.files = began.elapsed() - timings.pki - timings.render;
             let launched = Launched::new(a, image, o.generation, o.domain_type, &plans);
             state.save_launched(&launched)?;
             Ok((plans, launched))

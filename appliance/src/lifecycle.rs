@@ -186,6 +186,8 @@ pub enum Event<'a> {
     HostSide {
         /// Loading or making the PKI.
         pki: Duration,
+        /// Rendering and checking the platform.
+        render: Duration,
         /// Overlays and seeds (the network alongside).
         files: Duration,
         /// Defining and starting the domains.
@@ -566,10 +568,16 @@ fn bring_up(
         generation,
         ssh_key: key.as_ref().map(|(_, k)| k.as_str()),
         domain_type: &dtype,
+        platform: None,
     };
     let up =
         launch::up(lv, a, state, image, &options).map_err(|source| Error::Launch { name: a.name.clone(), source })?;
-    h.events.event(&Event::HostSide { pki: up.timings.pki, files: up.timings.files, domains: up.timings.domains });
+    h.events.event(&Event::HostSide {
+        pki: up.timings.pki,
+        render: up.timings.render,
+        files: up.timings.files,
+        domains: up.timings.domains,
+    });
     h.events.event(&Event::Network(&up.network));
     h.events.event(&Event::Started {
         appliance: &a.name,

@@ -12,6 +12,7 @@ use std::process::Command;
 use hearth_appliance::launch::{self, Image, Options};
 use hearth_appliance::libvirt::Libvirt;
 use hearth_appliance::pki::Pki;
+use hearth_appliance::platform::{Plan, PlanFile, Step};
 use hearth_appliance::spec::Appliance;
 use hearth_appliance::state::State;
 
@@ -46,9 +47,32 @@ fn prepare_launch_and_reinstall() {
         generation,
         ssh_key: Some("ssh-ed25519 AAAAtest u@h"),
         domain_type: "qemu",
+        platform: None,
     };
 
-    let plans = launch::prepare(&a, &st.pki().unwrap(), &image, &opts(1)).unwrap();
+    // The control plane's seed carries the platform plan (a small one here).
+    let plan = Plan {
+        steps: vec![Step {
+            name: "10-x".into(),
+            files: vec![PlanFile { path: "10-x/x.yaml".into(), body: "---\n{}\n".into(), secret: true }],
+            server_side: false,
+            retry_apply: false,
+            waits: vec![],
+            timeout_secs: 60,
+        }],
+    };
+    let plans = launch::prepare(&a, &st.pki().unwrap(), &image, &opts(1), Some(&plan)).unwrap();
+    let cp_files = out(Command::new("isoinfo").args(["-f", "-R", "-i"]).arg(&plans[0].seed));
+    for f in ["/platform/plan", "/platform/10-x/x.yaml"] {
+        assert!(cp_files.lines().any(|l| l == f), "{f} missing from the control plane's seed: {cp_files}");
+    }
+    let plan_text = out(Command::new("isoinfo").args(["-R", "-x", "/platform/plan", "-i"]).arg(&plans[0].seed));
+    assert_eq!(plan_text, plan.to_text());
+    let w1_files = out(Command::new("isoinfo").args(["-f", "-R", "-i"]).arg(&plans[1].seed));
+    assert!(!w1_files.contains("platform"), "a worker gets no plan: {w1_files}");
+    let key_mode =
+        std::fs::metadata(state.join("seeds/k8s-control-plane/platform/10-x/x.yaml")).unwrap().permissions().mode();
+    assert_eq!(key_mode & 0o777, 0o600);
     assert_eq!(plans.len(), 3);
     for p in &plans {
         let info = out(Command::new("qemu-img").args(["info", "--output=json"]).arg(&p.disk));
