@@ -506,7 +506,8 @@ pub struct LoadedRecipe {
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1
+    // Bytes, not `str`: an offset inside a character cannot panic.
+    text.as_bytes()[..offset.min(text.len())].iter().filter(|b| **b == b'\n').count() + 1
 }
 
 /// Parses a recipe and checks the rules between its fields.
