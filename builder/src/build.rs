@@ -580,15 +580,6 @@ fn apply_layers(
         let path = input_file(store, inputs, &format!("{}/{}", InputKind::Archive, a.name.get_ref()))?;
         let f = File::open(&path).map_err(io_err(format!("reading `{}`", path.display())))?;
         let name = a.name.get_ref();
-        let reader: Box<dyn Read> = if name.ends_with(".gz") || name.ends_with(".tgz") {
-            Box::new(flate2::read::GzDecoder::new(f))
-        } else if name.ends_with(".xz") {
-            Box::new(liblzma::read::XzDecoder::new(f))
-        } else if name.ends_with(".zst") {
-            Box::new(zstd::stream::read::Decoder::new(f).map_err(io_err("opening zstd"))?)
-        } else {
-            Box::new(f)
-        };
         tree.mkdir_p(a.prefix.0.as_bytes(), &Meta::root(0o755)).map_err(|source| LayerError::Tree {
             origin: format!("archive `{name}`"),
             member: a.prefix.0.clone(),
@@ -603,7 +594,7 @@ fn apply_layers(
             force_owner: Some((0, 0)),
             max_file,
         };
-        layers::unpack_tar(tree, spill, reader, &u)?;
+        layers::unpack_archive(tree, spill, io::BufReader::with_capacity(1 << 20, f), &u)?;
     }
     let passwd = read_tree_file(tree, spill, b"/etc/passwd").unwrap_or_default();
     let group = read_tree_file(tree, spill, b"/etc/group").unwrap_or_default();

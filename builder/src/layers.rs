@@ -226,6 +226,81 @@ impl OsStrChecked for std::ffi::OsStr {
     }
 }
 
+/// How a release archive is compressed, told by its first bytes (a recipe's
+/// `name` need not end in `.tar.gz`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ArchiveFormat {
+    /// gzip (`1f 8b`).
+    Gzip,
+    /// xz (`fd 37 7a 58 5a 00`).
+    Xz,
+    /// zstd (`28 b5 2f fd`).
+    Zstd,
+    /// Anything else is read as a plain tar.
+    Tar,
+}
+
+impl ArchiveFormat {
+    /// Bytes [`ArchiveFormat::detect`] looks at.
+    pub const MAGIC_LEN: usize = 6;
+
+    /// The format whose magic `head` starts with.
+    pub fn detect(head: &[u8]) -> ArchiveFormat {
+        if head.starts_with(&[0x1f, 0x8b]) {
+            ArchiveFormat::Gzip
+        } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0x00]) {
+            ArchiveFormat::Xz
+        } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            ArchiveFormat::Zstd
+        } else {
+            ArchiveFormat::Tar
+        }
+    }
+}
+
+impl std::fmt::Display for ArchiveFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ArchiveFormat::Gzip => "gzip",
+            ArchiveFormat::Xz => "xz",
+            ArchiveFormat::Zstd => "zstd",
+            ArchiveFormat::Tar => "plain tar",
+        })
+    }
+}
+
+/// Unpacks a release archive, plain or gzip/xz/zstd-compressed (told by its
+/// content, not its name). Errors name `u.origin` and the format found.
+pub fn unpack_archive<'r>(
+    tree: &mut Tree,
+    spill: &mut Spill,
+    mut r: impl Read + 'r,
+    u: &Unpack,
+) -> Result<Vec<Vec<u8>>, LayerError> {
+    let mut head = [0u8; ArchiveFormat::MAGIC_LEN];
+    let mut got = 0;
+    while got < head.len() {
+        match r.read(&mut head[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(io_err(format!("{}: reading the archive", u.origin))(e)),
+        }
+    }
+    let format = ArchiveFormat::detect(&head[..got]);
+    let origin = format!("{} ({format})", u.origin);
+    let whole = io::Cursor::new(head[..got].to_vec()).chain(r);
+    let reader: Box<dyn Read + 'r> = match format {
+        ArchiveFormat::Gzip => Box::new(flate2::read::GzDecoder::new(whole)),
+        ArchiveFormat::Xz => Box::new(liblzma::read::XzDecoder::new(whole)),
+        ArchiveFormat::Zstd => {
+            Box::new(zstd::stream::read::Decoder::new(whole).map_err(io_err(format!("{origin}: starting zstd")))?)
+        }
+        ArchiveFormat::Tar => Box::new(whole),
+    };
+    unpack_tar(tree, spill, reader, &Unpack { origin: &origin, ..*u })
+}
+
 /// Unpacks a tar stream into the tree. Returns every path placed, in order.
 pub fn unpack_tar(tree: &mut Tree, spill: &mut Spill, r: impl Read, u: &Unpack) -> Result<Vec<Vec<u8>>, LayerError> {
     let mut archive = tar::Archive::new(r);
@@ -707,6 +782,56 @@ mod tests {
         let e = unpack_tar(&mut tree, &mut spill, &bytes[..], &u).unwrap_err().to_string();
         assert!(e.contains("member `huge` declares 1099511627776 bytes"), "{e}");
         assert_eq!(spill.len(), 0, "nothing was read into the spill file");
+    }
+
+    /// Unpacks `bytes` as the archive `containerd` (a name without a suffix).
+    fn unpack_named(bytes: &[u8]) -> Result<Tree, LayerError> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spill = Spill::create(&dir.path().join("spill")).unwrap();
+        let mut tree = Tree::default();
+        tree.mkdir_p(b"/usr/local", &Meta::root(0o755)).unwrap();
+        let u = Unpack {
+            origin: "archive `containerd`",
+            prefix: "/usr/local",
+            strip: 0,
+            include: &[],
+            allow_devices: false,
+            force_owner: Some((0, 0)),
+            max_file: 1 << 20,
+        };
+        unpack_archive(&mut tree, &mut spill, bytes, &u)?;
+        Ok(tree)
+    }
+
+    #[test]
+    fn archives_are_told_by_content_not_name() {
+        use std::io::Write as _;
+        let tar = tar_with(&[("bin/containerd", tar::EntryType::Regular, b"#!/bin/sh\n")]);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&tar).unwrap();
+        let mut xz = liblzma::write::XzEncoder::new(Vec::new(), 6);
+        xz.write_all(&tar).unwrap();
+        let zst = zstd::stream::encode_all(&tar[..], 3).unwrap();
+        let formats = [
+            (ArchiveFormat::Tar, tar.clone()),
+            (ArchiveFormat::Gzip, gz.finish().unwrap()),
+            (ArchiveFormat::Xz, xz.finish().unwrap()),
+            (ArchiveFormat::Zstd, zst),
+        ];
+        for (format, bytes) in &formats {
+            assert_eq!(ArchiveFormat::detect(bytes), *format);
+            let tree = unpack_named(bytes).unwrap_or_else(|e| panic!("{format}: {}", crate::store::error_chain(&e)));
+            assert!(tree.lookup(b"/usr/local/bin/containerd", false).is_ok(), "{format}");
+        }
+        // Cut short or damaged after the magic: the error names the archive and the format.
+        for (format, bytes) in &formats[1..] {
+            let mut bad = bytes[..ArchiveFormat::MAGIC_LEN].to_vec();
+            bad.extend_from_slice(&[0x55; 64]);
+            let e = crate::store::error_chain(&unpack_named(&bad).unwrap_err());
+            assert!(e.starts_with(&format!("archive `containerd` ({format}): reading the tar")), "{e}");
+        }
+        let e = crate::store::error_chain(&unpack_named(&[0x55; 700]).unwrap_err());
+        assert!(e.starts_with("archive `containerd` (plain tar): reading the tar"), "{e}");
     }
 
     #[test]
