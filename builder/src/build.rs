@@ -23,6 +23,7 @@ use std::process::Command;
 
 use crate::cmd::{self, CmdError};
 use crate::digest::Sha256;
+use crate::files::{self, FileError, PathReader};
 use crate::fill::Filled;
 use crate::format::ext4::{read as ext4r, write as ext4w};
 use crate::format::gpt::{self, Gpt, SECTOR};
@@ -70,6 +71,9 @@ pub enum BuildError {
     /// The disk does not fit.
     #[error("{0}")]
     Size(String),
+    /// The base has no kernel or initrd where the build looks.
+    #[error("the base has no `{0}` to boot from")]
+    NoKernel(String),
     /// An input that was not fetched.
     #[error("input `{0}` is not in the store (run `hearth fetch` first)")]
     MissingInput(String),
@@ -87,20 +91,9 @@ pub enum BuildError {
     /// The store.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// Other I/O.
-    #[error("{op}")]
-    Io {
-        /// What.
-        op: String,
-        /// The cause.
-        #[source]
-        source: io::Error,
-    },
-}
-
-fn io_err(op: impl Into<String>) -> impl FnOnce(io::Error) -> BuildError {
-    let op = op.into();
-    move |source| BuildError::Io { op, source }
+    /// A file operation failed.
+    #[error(transparent)]
+    File(#[from] FileError),
 }
 
 /// What a build produced.
@@ -115,15 +108,15 @@ pub struct Built {
 /// The canonical description of everything that goes into an image; its
 /// sha256 is the image's key.
 pub fn key_document(loaded: &LoadedRecipe, inputs: &[Filled]) -> Result<serde_json::Value, BuildError> {
-    let recipe = serde_json::to_value(&loaded.recipe)
-        .map_err(|e| BuildError::Io { op: "serialising the recipe".into(), source: io::Error::other(e) })?;
+    // Plain structs with string keys: serialising cannot fail.
+    let recipe = serde_json::to_value(&loaded.recipe).expect("a recipe serialises");
     let pins: BTreeMap<String, String> = inputs.iter().map(|f| (f.input.id.clone(), f.path.to_string())).collect();
     let dir = loaded.path.parent().unwrap_or(Path::new("."));
     let mut sources = BTreeMap::new();
     for f in &loaded.recipe.files {
         if let Some(src) = &f.source {
             let p = dir.join(&src.0);
-            let bytes = fs::read(&p).map_err(io_err(format!("reading `{}`", p.display())))?;
+            let bytes = fs::read(&p).map_err(FileError::at("reading", &p))?;
             sources.insert(src.0.clone(), Sha256::of(&bytes).hex());
         }
     }
@@ -188,13 +181,14 @@ pub fn check(
     reporter: &dyn Reporter,
 ) -> Result<(StorePath, Vec<String>), BuildError> {
     let key = image_key(loaded, inputs)?;
-    let path = store.lookup(&key)?.ok_or_else(|| {
-        BuildError::Size(format!("`{}` has not been built yet: run `hearth build` first", loaded.path.display()))
+    let path = store.lookup(&key)?.ok_or_else(|| BuildError::NotBuilt {
+        recipe: loaded.path.display().to_string(),
+        why: "it has not been built yet: run `hearth build` first".into(),
     })?;
     let stored = store.manifest(&path)?;
     let work = WorkDir::new(store, &format!("check-{}", path.hash()))?;
     let out = work.0.join("out");
-    fs::create_dir_all(&out).map_err(io_err("creating the check directory"))?;
+    fs::create_dir_all(&out).map_err(FileError::at("creating", &out))?;
     let fresh = build_outputs(store, loaded, inputs, &out, &work.0, reporter)?;
     let mut differ = Vec::new();
     for (name, rec) in &stored.outputs {
@@ -212,14 +206,14 @@ struct WorkDir(PathBuf);
 impl WorkDir {
     fn new(store: &Store, tag: &str) -> Result<WorkDir, BuildError> {
         let dir = store.root().join(".tmp").join(format!("build-{tag}.{}", std::process::id()));
-        let _ = store::remove_tree(&dir);
-        fs::create_dir_all(&dir).map_err(io_err(format!("creating `{}`", dir.display())))?;
+        let _ = files::remove_tree(&dir);
+        fs::create_dir_all(&dir).map_err(FileError::at("creating", &dir))?;
         Ok(WorkDir(dir))
     }
 }
 impl Drop for WorkDir {
     fn drop(&mut self) {
-        let _ = store::remove_tree(&self.0);
+        let _ = files::remove_tree(&self.0);
     }
 }
 
@@ -273,30 +267,30 @@ impl Seek for Window<'_> {
 /// Decodes the base image into a sparse raw file (all-zero runs skipped).
 fn materialize_base(path: &Path, format: BaseFormat, dest: &Path) -> Result<File, BuildError> {
     let base_err = |source| BuildError::Base { path: path.to_owned(), source };
-    let f = File::open(path).map_err(io_err(format!("opening `{}`", path.display())))?;
+    let f = File::open(path).map_err(FileError::at("opening", path))?;
     let out = File::options()
         .create(true)
         .truncate(true)
         .read(true)
         .write(true)
         .open(dest)
-        .map_err(io_err("creating the raw base"))?;
+        .map_err(FileError::at("creating", dest))?;
     match format {
         BaseFormat::Raw => {
-            let len = f.metadata().map_err(io_err("reading the base"))?.len();
-            out.set_len(len).map_err(io_err("sizing the raw base"))?;
-            copy_nonzero(&mut |off, buf| f.read_exact_at(buf, off), &out, 0, 0, len)?;
+            let len = f.metadata().map_err(FileError::at("reading", path))?.len();
+            out.set_len(len).map_err(FileError::at("sizing", dest))?;
+            copy_nonzero((&f, path), (&out, dest), 0, 0, len)?;
         }
         BaseFormat::Qcow2 => {
             let mut q = Qcow2::open(f).map_err(base_err)?;
             let len = q.size();
-            out.set_len(len).map_err(io_err("sizing the raw base"))?;
+            out.set_len(len).map_err(FileError::at("sizing", dest))?;
             let mut buf = vec![0u8; 1 << 20];
             let mut at = 0;
             while at < len {
                 let n = (len - at).min(buf.len() as u64) as usize;
                 q.read_at(at, &mut buf[..n]).map_err(base_err)?;
-                write_nonzero(&out, at, &buf[..n])?;
+                write_nonzero((&out, dest), at, &buf[..n])?;
                 at += n as u64;
             }
         }
@@ -330,18 +324,18 @@ fn data_ranges(f: &File, size: u64) -> io::Result<Vec<(u64, u64)>> {
     Ok(out)
 }
 
-fn write_nonzero(out: &File, at: u64, data: &[u8]) -> Result<(), BuildError> {
+fn write_nonzero((out, out_path): (&File, &Path), at: u64, data: &[u8]) -> Result<(), BuildError> {
     for (i, chunk) in data.chunks(4096).enumerate() {
         if !crate::format::is_zero(chunk) {
-            out.write_all_at(chunk, at + (i as u64) * 4096).map_err(io_err("writing the disk"))?;
+            out.write_all_at(chunk, at + (i as u64) * 4096).map_err(FileError::at("writing", out_path))?;
         }
     }
     Ok(())
 }
 
 fn copy_nonzero(
-    read: &mut dyn FnMut(u64, &mut [u8]) -> io::Result<()>,
-    out: &File,
+    (input, in_path): (&File, &Path),
+    out: (&File, &Path),
     from: u64,
     to: u64,
     len: u64,
@@ -350,7 +344,7 @@ fn copy_nonzero(
     let mut done = 0;
     while done < len {
         let n = (len - done).min(buf.len() as u64) as usize;
-        read(from + done, &mut buf[..n]).map_err(io_err("reading the base disk"))?;
+        input.read_exact_at(&mut buf[..n], from + done).map_err(FileError::at("reading", in_path))?;
         write_nonzero(out, to + done, &buf[..n])?;
         done += n as u64;
     }
@@ -384,8 +378,9 @@ fn build_outputs(
     // 2. Base.
     reporter.note("reading the base image");
     let base_path = input_file(store, inputs, &format!("base/{}", recipe.base.name.get_ref()))?;
-    let disk = materialize_base(&base_path, recipe.base.format, &work.join("base.raw"))?;
-    let disk_len = disk.metadata().map_err(io_err("reading the base"))?.len();
+    let disk_path = work.join("base.raw");
+    let disk = materialize_base(&base_path, recipe.base.format, &disk_path)?;
+    let disk_len = disk.metadata().map_err(FileError::at("reading", &disk_path))?.len();
     let table = Gpt::read(&mut Window { file: &disk, start: 0, pos: 0 }, disk_len)?;
     let root_part = match &recipe.base.root {
         RootSelector::Partition(n) => table.partition(*n).cloned(),
@@ -447,34 +442,29 @@ fn build_outputs(
         .read(true)
         .write(true)
         .open(&raw_path)
-        .map_err(io_err("creating the raw disk"))?;
-    raw.set_len(sectors * SECTOR).map_err(io_err("sizing the raw disk"))?;
+        .map_err(FileError::at("creating", &raw_path))?;
+    raw.set_len(sectors * SECTOR).map_err(FileError::at("sizing", &raw_path))?;
     for p in &table.partitions {
         if p.number != root_part.number {
             let len = p.sectors() * SECTOR;
-            copy_nonzero(
-                &mut |off, buf| disk.read_exact_at(buf, off),
-                &raw,
-                p.first_lba * SECTOR,
-                p.first_lba * SECTOR,
-                len,
-            )?;
+            copy_nonzero((&disk, &disk_path), (&raw, &raw_path), p.first_lba * SECTOR, p.first_lba * SECTOR, len)?;
         }
     }
     let rendered = new_table.render(sectors)?;
     let mut primary = rendered.primary;
     // Keep the base's MBR boot code (BIOS boot loaders live there).
-    disk.read_exact_at(&mut primary[..440], 0).map_err(io_err("reading the base MBR"))?;
-    raw.write_all_at(&primary, 0).map_err(io_err("writing the GPT"))?;
-    raw.write_all_at(&rendered.backup, rendered.backup_lba * SECTOR).map_err(io_err("writing the backup GPT"))?;
+    disk.read_exact_at(&mut primary[..440], 0).map_err(FileError::at("reading the MBR of", &disk_path))?;
+    raw.write_all_at(&primary, 0).map_err(FileError::at("writing the GPT into", &raw_path))?;
+    raw.write_all_at(&rendered.backup, rendered.backup_lba * SECTOR)
+        .map_err(FileError::at("writing the backup GPT into", &raw_path))?;
     struct At<'a>(&'a File, u64);
     impl ext4w::Sink for At<'_> {
         fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
             self.0.write_all_at(data, self.1 + offset)
         }
     }
-    ext4w::write(&plan, &mut BuildSources { disk: &disk, spill: &spill }, &mut At(&raw, root_offset))?;
-    raw.sync_all().map_err(io_err("flushing the raw disk"))?;
+    ext4w::write(&plan, &mut BuildSources { disk: &disk, spill: &spill }, &mut At(&raw, root_offset), &raw_path)?;
+    raw.sync_all().map_err(FileError::at("flushing", &raw_path))?;
 
     // 6. Outputs.
     let mut outputs = Outputs::default();
@@ -490,11 +480,10 @@ fn build_outputs(
         let mut p = boot_prefix.to_vec();
         p.extend_from_slice(b"/");
         p.extend_from_slice(want.as_bytes());
-        let bytes =
-            layers::read_file(&boot_tree, &p, &mut BuildSources { disk: &disk, spill: &spill }).ok_or_else(|| {
-                BuildError::Size(format!("the base has no `{}` to boot from", String::from_utf8_lossy(&p)))
-            })?;
-        fs::write(out_dir.join(out_name), &bytes).map_err(io_err(format!("writing `{out_name}`")))?;
+        let bytes = layers::read_file(&boot_tree, &p, &mut BuildSources { disk: &disk, spill: &spill })
+            .ok_or_else(|| BuildError::NoKernel(String::from_utf8_lossy(&p).into_owned()))?;
+        let out_path = out_dir.join(out_name);
+        fs::write(&out_path, &bytes).map_err(FileError::at("writing", &out_path))?;
         outputs.files.insert(
             out_name.into(),
             OutputRecord { sha256: Sha256::of(&bytes), size: bytes.len() as u64, executable: false },
@@ -506,12 +495,14 @@ fn build_outputs(
         // hearth's own writer: the bytes do not depend on the host's QEMU.
         Compression::Zstd => {
             let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-            let mut out = File::create(&qcow).map_err(io_err("creating disk.qcow2"))?;
-            let data = data_ranges(&raw, sectors * SECTOR).map_err(io_err("mapping the raw disk"))?;
-            let mut read_at = |off: u64, buf: &mut [u8]| raw.read_exact_at(buf, off);
+            let mut out = File::create(&qcow).map_err(FileError::at("creating", &qcow))?;
+            let data = data_ranges(&raw, sectors * SECTOR).map_err(FileError::at("mapping the data of", &raw_path))?;
+            let mut read_at = |off: u64, buf: &mut [u8]| {
+                raw.read_exact_at(buf, off).map_err(|e| FileError::at("reading", &raw_path)(e).into())
+            };
             qcow2_write::write_qcow2_sparse(&mut read_at, &data, sectors * SECTOR, &mut out, threads)
-                .map_err(io_err("writing disk.qcow2"))?;
-            out.sync_all().map_err(io_err("flushing disk.qcow2"))?;
+                .map_err(FileError::carried_or("writing", &qcow))?;
+            out.sync_all().map_err(FileError::at("flushing", &qcow))?;
         }
         // zlib needs deflate with qemu's 4 KiB window: left to qemu-img.
         Compression::Zlib => {
@@ -523,8 +514,8 @@ fn build_outputs(
             )?;
         }
     }
-    let (sha, size) = Sha256::of_reader(File::open(&qcow).map_err(io_err("reading disk.qcow2"))?)
-        .map_err(io_err("hashing disk.qcow2"))?;
+    let (sha, size) = Sha256::of_reader(File::open(&qcow).map_err(FileError::at("opening", &qcow))?)
+        .map_err(FileError::at("reading", &qcow))?;
     outputs.files.insert("disk.qcow2".into(), OutputRecord { sha256: sha, size, executable: false });
     outputs.references = inputs.iter().map(|f| f.path.to_string()).collect();
     outputs.info.insert("recipe".into(), recipe.name.get_ref().clone());
@@ -559,7 +550,7 @@ fn apply_layers(
         let mut debs = Vec::new();
         for d in &recipe.debs {
             let path = input_file(store, inputs, &format!("{}/{}", InputKind::Deb, d.name.get_ref()))?;
-            let bytes = fs::read(&path).map_err(io_err(format!("reading `{}`", path.display())))?;
+            let bytes = fs::read(&path).map_err(FileError::at("reading", &path))?;
             debs.push(layers::open_deb(&bytes, &format!("package `{}`", d.name.get_ref()))?);
         }
         let mut available = layers::installed(&status_text);
@@ -578,7 +569,7 @@ fn apply_layers(
     }
     for a in &recipe.archives {
         let path = input_file(store, inputs, &format!("{}/{}", InputKind::Archive, a.name.get_ref()))?;
-        let f = File::open(&path).map_err(io_err(format!("reading `{}`", path.display())))?;
+        let f = File::open(&path).map_err(FileError::at("opening", &path))?;
         let name = a.name.get_ref();
         tree.mkdir_p(a.prefix.0.as_bytes(), &Meta::root(0o755)).map_err(|source| LayerError::Tree {
             origin: format!("archive `{name}`"),
@@ -609,13 +600,13 @@ fn apply_layers(
             Kind::File(spill.append_bytes(text.as_bytes())?)
         } else if let Some(src) = &f.source {
             let p = dir.join(&src.0);
-            Kind::File(spill.append_bytes(&fs::read(&p).map_err(io_err(format!("reading `{}`", p.display())))?)?)
+            Kind::File(spill.append_bytes(&fs::read(&p).map_err(FileError::at("reading", &p))?)?)
         } else {
             let id = format!("{}/{}", InputKind::File, f.path.get_ref().0.trim_start_matches('/'));
             let p = input_file(store, inputs, &id)?;
-            let mut file = File::open(&p).map_err(io_err(format!("reading `{}`", p.display())))?;
-            let len = file.metadata().map_err(io_err("reading an input"))?.len();
-            Kind::File(spill.append(&mut file, len)?)
+            let mut file = PathReader::open(&p)?;
+            let len = file.size()?;
+            Kind::File(spill.append(&mut file, len, || format!("`{}`", p.display()))?)
         };
         let parent = &path[..path.iter().rposition(|b| *b == b'/').unwrap_or(0)];
         let mkdir_err =

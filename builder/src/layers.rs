@@ -10,8 +10,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
-use std::path::{Component, Path};
+use std::path::{Component, Path, PathBuf};
 
+use crate::files::FileError;
 use crate::format::deb::{self, DebError, Stanza};
 use crate::tree::{Data, Kind, Meta, Node, Tree, TreeError};
 
@@ -68,25 +69,30 @@ pub enum LayerError {
     /// An owner that does not resolve.
     #[error("owner `{0}` is not a user:group of the image (see its /etc/passwd and /etc/group)")]
     Owner(String),
-    /// I/O.
-    #[error("{op}")]
-    Io {
-        /// What.
-        op: String,
+    /// A host file (the spill file, an input).
+    #[error(transparent)]
+    File(#[from] FileError),
+    /// A tar or compressed stream that cannot be read. Not a file: `what` names
+    /// the package or archive (with the format found) and the member.
+    #[error("{what}")]
+    Stream {
+        /// What was being read.
+        what: String,
         /// The cause.
         #[source]
         source: io::Error,
     },
 }
 
-fn io_err(op: impl Into<String>) -> impl FnOnce(io::Error) -> LayerError {
-    let op = op.into();
-    move |source| LayerError::Io { op, source }
+fn stream_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> LayerError {
+    let what = what.into();
+    move |source| LayerError::Stream { what, source }
 }
 
 /// The append-only file that holds layer contents.
 pub struct Spill {
     file: File,
+    path: PathBuf,
     len: u64,
 }
 
@@ -99,24 +105,32 @@ impl Spill {
             .read(true)
             .write(true)
             .open(path)
-            .map_err(io_err(format!("creating `{}`", path.display())))?;
-        Ok(Spill { file, len: 0 })
+            .map_err(FileError::at("creating", path))?;
+        Ok(Spill { file, path: path.to_owned(), len: 0 })
     }
 
-    /// Appends exactly `size` bytes from `r`.
-    pub fn append(&mut self, r: &mut dyn Read, size: u64) -> Result<Data, LayerError> {
+    /// Appends exactly `size` bytes from `r`. A read error that carries a
+    /// [`FileError`] (a [`crate::files::PathReader`]) stays one; any other is
+    /// a [`LayerError::Stream`] on `what()`.
+    pub fn append(&mut self, r: &mut dyn Read, size: u64, what: impl FnOnce() -> String) -> Result<Data, LayerError> {
+        let read_err = |e: io::Error| match e.downcast::<FileError>() {
+            Ok(file) => LayerError::File(file),
+            Err(source) => LayerError::Stream { what: what(), source },
+        };
         let start = self.len;
         let mut buf = vec![0u8; 1 << 20];
         let mut left = size;
         while left > 0 {
-            let n = r.read(&mut buf[..left.min(1 << 20) as usize]).map_err(io_err("reading layer content"))?;
-            if n == 0 {
-                return Err(LayerError::Io {
-                    op: "reading layer content".into(),
-                    source: io::Error::new(io::ErrorKind::UnexpectedEof, format!("{left} of {size} bytes missing")),
-                });
-            }
-            self.file.write_all_at(&buf[..n], self.len).map_err(io_err("writing the spill file"))?;
+            let n = match r.read(&mut buf[..left.min(1 << 20) as usize]) {
+                Ok(0) => {
+                    let missing = format!("{left} of {size} bytes missing");
+                    return Err(read_err(io::Error::new(io::ErrorKind::UnexpectedEof, missing)));
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(read_err(e)),
+            };
+            self.file.write_all_at(&buf[..n], self.len).map_err(FileError::at("writing", &self.path))?;
             self.len += n as u64;
             left -= n as u64;
         }
@@ -125,10 +139,12 @@ impl Spill {
 
     /// Appends bytes.
     pub fn append_bytes(&mut self, bytes: &[u8]) -> Result<Data, LayerError> {
-        self.append(&mut &bytes[..], bytes.len() as u64)
+        self.append(&mut &bytes[..], bytes.len() as u64, || "bytes in memory".into())
     }
 
-    /// Appends whatever `write` produces, returning it as one piece.
+    /// Appends whatever `write` produces, returning it as one piece. An error
+    /// that carries a [`FileError`] (reading what is written) stays one; any
+    /// other is a failure to write the spill file.
     pub fn append_with(
         &mut self,
         write: impl FnOnce(&mut dyn io::Write) -> io::Result<()>,
@@ -145,8 +161,9 @@ impl Spill {
             }
         }
         let start = self.len;
+        let path = self.path.clone();
         let mut w = io::BufWriter::with_capacity(1 << 20, Appender(self));
-        write(&mut w).and_then(|()| io::Write::flush(&mut w)).map_err(io_err("writing the spill file"))?;
+        write(&mut w).and_then(|()| io::Write::flush(&mut w)).map_err(FileError::carried_or("writing", &path))?;
         drop(w);
         Ok(Data::external(SPILL_SOURCE, start, self.len - start))
     }
@@ -284,7 +301,7 @@ pub fn unpack_archive<'r>(
             Ok(0) => break,
             Ok(n) => got += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(io_err(format!("{}: reading the archive", u.origin))(e)),
+            Err(e) => return Err(stream_err(format!("{}: reading the archive", u.origin))(e)),
         }
     }
     let format = ArchiveFormat::detect(&head[..got]);
@@ -294,7 +311,7 @@ pub fn unpack_archive<'r>(
         ArchiveFormat::Gzip => Box::new(flate2::read::GzDecoder::new(whole)),
         ArchiveFormat::Xz => Box::new(liblzma::read::XzDecoder::new(whole)),
         ArchiveFormat::Zstd => {
-            Box::new(zstd::stream::read::Decoder::new(whole).map_err(io_err(format!("{origin}: starting zstd")))?)
+            Box::new(zstd::stream::read::Decoder::new(whole).map_err(stream_err(format!("{origin}: starting zstd")))?)
         }
         ArchiveFormat::Tar => Box::new(whole),
     };
@@ -305,9 +322,9 @@ pub fn unpack_archive<'r>(
 pub fn unpack_tar(tree: &mut Tree, spill: &mut Spill, r: impl Read, u: &Unpack) -> Result<Vec<Vec<u8>>, LayerError> {
     let mut archive = tar::Archive::new(r);
     let mut placed = Vec::new();
-    let entries = archive.entries().map_err(io_err(format!("{}: reading the tar", u.origin)))?;
+    let entries = archive.entries().map_err(stream_err(format!("{}: reading the tar", u.origin)))?;
     for entry in entries {
-        let mut entry = entry.map_err(io_err(format!("{}: reading the tar", u.origin)))?;
+        let mut entry = entry.map_err(stream_err(format!("{}: reading the tar", u.origin)))?;
         let name = entry.path_bytes().into_owned();
         let Some(path) = member_path(&name, u)? else { continue };
         let h = entry.header();
@@ -353,14 +370,16 @@ pub fn unpack_tar(tree: &mut Tree, spill: &mut Spill, r: impl Read, u: &Unpack) 
                 }
             }
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
-                let size = h.size().map_err(io_err(format!("{}: member size", u.origin)))?;
+                let size =
+                    h.size().map_err(stream_err(format!("{}: member `{member}`: reading its size", u.origin)))?;
                 if size > u.max_file {
                     return Err(hostile(format!(
                         "declares {size} bytes, more than the image can hold ({})",
                         u.max_file
                     )));
                 }
-                let data = spill.append(&mut entry, size)?;
+                let data = spill
+                    .append(&mut entry, size, || format!("{}: member `{member}`: reading its content", u.origin))?;
                 place(tree, Node { kind: Kind::File(data), meta })?;
             }
             tar::EntryType::Symlink => {
@@ -521,9 +540,9 @@ pub fn open_deb(bytes: &[u8], origin: &str) -> Result<DebLayer, LayerError> {
     let d = deb::open_deb(bytes).map_err(err)?;
     let mut files = BTreeMap::new();
     let mut ar = tar::Archive::new(deb::tar_reader(&d.control.name, &d.control.data).map_err(err)?);
-    let entries = ar.entries().map_err(io_err(format!("{origin}: control.tar")))?;
+    let entries = ar.entries().map_err(stream_err(format!("{origin}: reading control.tar")))?;
     for e in entries {
-        let mut e = e.map_err(io_err(format!("{origin}: control.tar")))?;
+        let mut e = e.map_err(stream_err(format!("{origin}: reading control.tar")))?;
         if e.header().entry_type() != tar::EntryType::Regular {
             continue;
         }
@@ -532,7 +551,7 @@ pub fn open_deb(bytes: &[u8], origin: &str) -> Result<DebLayer, LayerError> {
             continue;
         }
         let mut v = Vec::new();
-        e.read_to_end(&mut v).map_err(io_err(format!("{origin}: control.tar")))?;
+        e.read_to_end(&mut v).map_err(stream_err(format!("{origin}: reading control.tar")))?;
         files.insert(name, v);
     }
     drop(ar);
@@ -820,17 +839,17 @@ mod tests {
         ];
         for (format, bytes) in &formats {
             assert_eq!(ArchiveFormat::detect(bytes), *format);
-            let tree = unpack_named(bytes).unwrap_or_else(|e| panic!("{format}: {}", crate::store::error_chain(&e)));
+            let tree = unpack_named(bytes).unwrap_or_else(|e| panic!("{format}: {}", crate::report::error_chain(&e)));
             assert!(tree.lookup(b"/usr/local/bin/containerd", false).is_ok(), "{format}");
         }
         // Cut short or damaged after the magic: the error names the archive and the format.
         for (format, bytes) in &formats[1..] {
             let mut bad = bytes[..ArchiveFormat::MAGIC_LEN].to_vec();
             bad.extend_from_slice(&[0x55; 64]);
-            let e = crate::store::error_chain(&unpack_named(&bad).unwrap_err());
+            let e = crate::report::error_chain(&unpack_named(&bad).unwrap_err());
             assert!(e.starts_with(&format!("archive `containerd` ({format}): reading the tar")), "{e}");
         }
-        let e = crate::store::error_chain(&unpack_named(&[0x55; 700]).unwrap_err());
+        let e = crate::report::error_chain(&unpack_named(&[0x55; 700]).unwrap_err());
         assert!(e.starts_with("archive `containerd` (plain tar): reading the tar"), "{e}");
     }
 

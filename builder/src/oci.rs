@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::Sha256;
 use crate::fetch::{Download, FetchError, Fetcher};
+use crate::files::{self, FileError, PathReader};
 use crate::store::{self, Claim, EntryKey, OutputRecord, Outputs, Store, StorePath};
 
 /// Media types of an index (OCI) or manifest list (Docker).
@@ -132,17 +133,9 @@ pub enum OciError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] store::StoreError),
-    /// A local file error.
-    #[error("{op} `{path}`")]
-    Io {
-        /// What.
-        op: &'static str,
-        /// Where.
-        path: String,
-        /// The cause.
-        #[source]
-        source: io::Error,
-    },
+    /// A local file operation failed.
+    #[error(transparent)]
+    File(#[from] FileError),
 }
 
 /// A parsed image reference.
@@ -376,7 +369,7 @@ pub async fn pull(
                 return Ok(Pulled { path, downloaded: true });
             }
             Err(e) => {
-                failures.push(store::error_chain(&e).replace('\n', "\n    "));
+                failures.push(crate::report::error_chain(&e).replace('\n', "\n    "));
                 // Start the next candidate from an empty layout.
                 clear_dir(pending.dir())?;
             }
@@ -398,18 +391,16 @@ pub async fn resolve(fetcher: &Fetcher, reference: &str) -> Result<Sha256, OciEr
         let mut session = Session { client, base, repository: parsed.repository.clone(), token: None };
         match session.manifest(&tag).await {
             Ok((bytes, _, _)) => return Ok(Sha256::of(&bytes)),
-            Err(e) => failures.push(store::error_chain(&e)),
+            Err(e) => failures.push(crate::report::error_chain(&e)),
         }
     }
     Err(OciError::AllFailed { reference: reference.to_owned(), failures })
 }
 
 fn clear_dir(dir: &Path) -> Result<(), OciError> {
-    for item in
-        fs::read_dir(dir).map_err(|source| OciError::Io { op: "reading", path: dir.display().to_string(), source })?
-    {
-        let item = item.map_err(|source| OciError::Io { op: "reading", path: dir.display().to_string(), source })?;
-        store::remove_tree(&item.path())?;
+    for item in fs::read_dir(dir).map_err(FileError::at("reading", dir))? {
+        let item = item.map_err(FileError::at("reading", dir))?;
+        files::remove_tree(&item.path())?;
     }
     Ok(())
 }
@@ -510,14 +501,10 @@ async fn pull_into(
 ) -> Result<Outputs, OciError> {
     let mut outputs = Outputs::default();
     let blob_dir = dir.join("blobs").join("sha256");
-    fs::create_dir_all(&blob_dir).map_err(|source| OciError::Io {
-        op: "creating",
-        path: blob_dir.display().to_string(),
-        source,
-    })?;
+    fs::create_dir_all(&blob_dir).map_err(FileError::at("creating", &blob_dir))?;
     let mut put = |d: &Sha256, bytes: &[u8]| -> Result<(), OciError> {
         let p = blob_dir.join(d.hex());
-        fs::write(&p, bytes).map_err(|source| OciError::Io { op: "writing", path: p.display().to_string(), source })?;
+        fs::write(&p, bytes).map_err(FileError::at("writing", &p))?;
         outputs.files.insert(
             format!("blobs/sha256/{}", d.hex()),
             OutputRecord { sha256: *d, size: bytes.len() as u64, executable: false },
@@ -594,11 +581,7 @@ async fn pull_into(
             });
         }
         let dest = dir.join(&rel);
-        fs::rename(&partial, &dest).map_err(|source| OciError::Io {
-            op: "moving blob",
-            path: dest.display().to_string(),
-            source,
-        })?;
+        fs::rename(&partial, &dest).map_err(FileError::at("moving blob", &dest))?;
         outputs.files.insert(rel, OutputRecord { sha256: d, size, executable: false });
     }
 
@@ -622,11 +605,7 @@ async fn pull_into(
     files.push(("index.json", serde_json::to_vec(&layout_index).expect("index serialises")));
     for (rel, bytes) in files {
         let p = dir.join(rel);
-        fs::write(&p, &bytes).map_err(|source| OciError::Io {
-            op: "writing",
-            path: p.display().to_string(),
-            source,
-        })?;
+        fs::write(&p, &bytes).map_err(FileError::at("writing", &p))?;
         outputs.files.insert(
             rel.to_owned(),
             OutputRecord { sha256: Sha256::of(&bytes), size: bytes.len() as u64, executable: false },
@@ -677,6 +656,8 @@ fn guess_type(content_type: &str, fallback: &str) -> String {
 
 /// Writes an image-layout entry as a deterministic tar (sorted members, uid/gid
 /// 0, mtime `mtime`, modes 0644/0755): the archive `ctr images import` takes.
+/// An error reading the layout carries a [`FileError`] naming the file (see
+/// [`FileError::carried_or`]); others come from `out`.
 pub fn write_archive(layout: &Path, mtime: u64, out: impl Write) -> io::Result<()> {
     let mut paths = Vec::new();
     collect(layout, layout, &mut paths)?;
@@ -694,21 +675,21 @@ pub fn write_archive(layout: &Path, mtime: u64, out: impl Write) -> io::Result<(
             h.set_size(0);
             tar.append_data(&mut h, format!("{rel}/"), io::empty())?;
         } else {
-            let f = fs::File::open(layout.join(&rel))?;
+            let f = PathReader::open(&layout.join(&rel))?;
             h.set_entry_type(tar::EntryType::Regular);
             h.set_mode(0o644);
-            h.set_size(f.metadata()?.len());
+            h.set_size(f.size()?);
             tar.append_data(&mut h, &rel, f)?;
         }
     }
     tar.into_inner()?.flush()
 }
 
-fn collect(base: &Path, dir: &Path, out: &mut Vec<(String, bool)>) -> io::Result<()> {
-    for item in fs::read_dir(dir)? {
-        let item = item?;
+fn collect(base: &Path, dir: &Path, out: &mut Vec<(String, bool)>) -> Result<(), FileError> {
+    for item in fs::read_dir(dir).map_err(FileError::at("reading", dir))? {
+        let item = item.map_err(FileError::at("reading", dir))?;
         let rel = item.path().strip_prefix(base).expect("under base").to_string_lossy().into_owned();
-        if item.file_type()?.is_dir() {
+        if item.file_type().map_err(FileError::at("reading", &item.path()))?.is_dir() {
             out.push((rel, true));
             collect(base, &item.path(), out)?;
         } else {

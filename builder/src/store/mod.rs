@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::digest::{self, Sha256};
+use crate::files::{self, FileError, remove_tree, sync_dir};
 
 pub use bundle::{BundleError, ImportSummary};
 
@@ -39,21 +40,15 @@ const TMP_DIR: &str = ".tmp";
 const LOCK_DIR: &str = ".locks";
 const PARTIAL_DIR: &str = ".partial";
 const ROOTS_DIR: &str = ".roots";
+/// Mode of a root file.
+const ROOT_MODE: u32 = 0o644;
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// A file-system operation failed.
-    #[error("{op} `{}`", path.display())]
-    Io {
-        /// What was being done.
-        op: &'static str,
-        /// The path involved.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: io::Error,
-    },
+    /// A file operation failed.
+    #[error(transparent)]
+    File(#[from] FileError),
     /// An argument that is not a store entry.
     #[error("`{0}` is not a store entry name (expected `<32-char hash>-<name>`)")]
     BadEntryName(String),
@@ -85,10 +80,6 @@ pub enum StoreError {
 }
 
 type Result<T, E = StoreError> = std::result::Result<T, E>;
-
-fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
-    move |source| StoreError::Io { op, path: path.to_owned(), source }
-}
 
 /// What an entry's hash part is derived from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -322,9 +313,9 @@ impl Store {
         let root = root.into();
         for sub in [TMP_DIR, LOCK_DIR, PARTIAL_DIR, ROOTS_DIR] {
             let p = root.join(sub);
-            fs::create_dir_all(&p).map_err(io_err("creating store directory", &p))?;
+            fs::create_dir_all(&p).map_err(FileError::at("creating store directory", &p))?;
         }
-        let root = root.canonicalize().map_err(io_err("resolving store directory", &root))?;
+        let root = root.canonicalize().map_err(FileError::at("resolving store directory", &root))?;
         Ok(Store { root })
     }
 
@@ -353,7 +344,7 @@ impl Store {
             || {},
             |dir| {
                 let dest = dir.join(name);
-                let (actual, size) = copy_hashing(file, &dest)?;
+                let (actual, size) = files::copy_hashing(file, &dest)?;
                 if actual != expected {
                     return Err(StoreError::HashMismatch { path: file.to_owned(), expected, actual });
                 }
@@ -367,8 +358,8 @@ impl Store {
     /// Every entry, sorted.
     pub fn list(&self) -> Result<Vec<StorePath>> {
         let mut out = Vec::new();
-        for item in fs::read_dir(&self.root).map_err(io_err("reading store", &self.root))? {
-            let item = item.map_err(io_err("reading store", &self.root))?;
+        for item in fs::read_dir(&self.root).map_err(FileError::at("reading store", &self.root))? {
+            let item = item.map_err(FileError::at("reading store", &self.root))?;
             let name = item.file_name();
             let Some(name) = name.to_str() else { continue };
             if name.starts_with('.') {
@@ -395,7 +386,7 @@ impl Store {
             if e.kind() == io::ErrorKind::NotFound && !self.entry_dir(path).exists() {
                 StoreError::Missing(path.to_string())
             } else {
-                StoreError::Io { op: "reading manifest", path: file.clone(), source: e }
+                FileError::at("reading manifest", &file)(e).into()
             }
         })?;
         serde_json::from_slice(&bytes).map_err(|source| StoreError::BadManifest { entry: path.to_string(), source })
@@ -423,7 +414,7 @@ impl Store {
             .truncate(false)
             .write(true)
             .open(&path)
-            .map_err(io_err("opening lock", &path))?;
+            .map_err(FileError::at("opening lock", &path))?;
         Ok((file, path))
     }
 
@@ -435,9 +426,9 @@ impl Store {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => {
                 on_wait();
-                file.lock().map_err(io_err("waiting for lock", &path))?;
+                file.lock().map_err(FileError::at("waiting for lock", &path))?;
             }
-            Err(fs::TryLockError::Error(e)) => return Err(io_err("taking lock", &path)(e)),
+            Err(fs::TryLockError::Error(e)) => return Err(FileError::at("taking lock", &path)(e).into()),
         }
         Ok(EntryLock { _file: file })
     }
@@ -492,26 +483,26 @@ impl Store {
     /// crashed attempt at the same hash is removed first (the caller holds its lock).
     fn fresh_tmp(&self, hash: &str, name: &str) -> Result<PathBuf> {
         let tmp_root = self.root.join(TMP_DIR);
-        for item in fs::read_dir(&tmp_root).map_err(io_err("reading", &tmp_root))? {
-            let item = item.map_err(io_err("reading", &tmp_root))?;
+        for item in fs::read_dir(&tmp_root).map_err(FileError::at("reading", &tmp_root))? {
+            let item = item.map_err(FileError::at("reading", &tmp_root))?;
             if item.file_name().to_string_lossy().starts_with(&format!("{hash}-")) {
                 remove_tree(&item.path())?;
             }
         }
         let tmp = tmp_root.join(format!("{hash}-{name}.{}", std::process::id()));
-        fs::create_dir(&tmp).map_err(io_err("creating", &tmp))?;
+        fs::create_dir(&tmp).map_err(FileError::at("creating", &tmp))?;
         Ok(tmp)
     }
 
     /// Writes the manifest, seals the tree read-only and renames it into place.
     fn commit(&self, tmp: &Path, path: &StorePath, manifest: &Manifest) -> Result<()> {
         let mpath = tmp.join(MANIFEST_FILE);
-        let mut f = File::create(&mpath).map_err(io_err("writing", &mpath))?;
-        f.write_all(&manifest.to_bytes()).map_err(io_err("writing", &mpath))?;
+        let mut f = File::create(&mpath).map_err(FileError::at("writing", &mpath))?;
+        f.write_all(&manifest.to_bytes()).map_err(FileError::at("writing", &mpath))?;
         drop(f);
         seal(tmp, manifest)?;
         let dest = self.entry_dir(path);
-        fs::rename(tmp, &dest).map_err(io_err("moving entry into place", &dest))?;
+        fs::rename(tmp, &dest).map_err(FileError::at("moving entry into place", &dest))?;
         finish_seal(&dest)?;
         sync_dir(&self.root)?;
         Ok(())
@@ -532,7 +523,7 @@ impl Store {
         let manifest = match self.manifest(path) {
             Ok(m) => m,
             Err(e @ StoreError::Missing(_)) => return Err(e),
-            Err(e) => return Ok(vec![problem(error_chain(&e))]),
+            Err(e) => return Ok(vec![problem(crate::report::error_chain(&e))]),
         };
         verify_tree(&dir, &manifest, path).map(|v| v.into_iter().map(problem).collect())
     }
@@ -560,30 +551,28 @@ impl Store {
         lines.sort();
         lines.dedup();
         let body = lines.iter().map(|l| format!("{l}\n")).collect::<String>();
-        write_atomic(&file, body.as_bytes())
+        files::write_atomic(&file, body.as_bytes(), ROOT_MODE)?;
+        Ok(())
     }
 
     /// Removes the root named `name`, if there is one.
     pub fn remove_root(&self, name: &str) -> Result<()> {
         check_name(name)?;
         let file = self.root.join(ROOTS_DIR).join(name);
-        match fs::remove_file(&file) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err("removing root", &file)(e)),
-            _ => Ok(()),
-        }
+        Ok(files::remove_if_present(&file)?)
     }
 
     /// All roots with the entries they name.
     pub fn roots(&self) -> Result<BTreeMap<String, Vec<StorePath>>> {
         let dir = self.root.join(ROOTS_DIR);
         let mut out = BTreeMap::new();
-        for item in fs::read_dir(&dir).map_err(io_err("reading", &dir))? {
-            let item = item.map_err(io_err("reading", &dir))?;
+        for item in fs::read_dir(&dir).map_err(FileError::at("reading", &dir))? {
+            let item = item.map_err(FileError::at("reading", &dir))?;
             let name = item.file_name().to_string_lossy().into_owned();
             if name.starts_with('.') {
                 continue;
             }
-            let body = fs::read_to_string(item.path()).map_err(io_err("reading root", &item.path()))?;
+            let body = fs::read_to_string(item.path()).map_err(FileError::at("reading root", &item.path()))?;
             let paths = body.lines().filter(|l| !l.is_empty()).filter_map(|l| StorePath::parse(l).ok());
             out.insert(name, paths.collect());
         }
@@ -610,8 +599,8 @@ impl Store {
         }
         for sub in [PARTIAL_DIR, TMP_DIR] {
             let dir = self.root.join(sub);
-            for item in fs::read_dir(&dir).map_err(io_err("reading", &dir))? {
-                let item = item.map_err(io_err("reading", &dir))?;
+            for item in fs::read_dir(&dir).map_err(FileError::at("reading", &dir))? {
+                let item = item.map_err(FileError::at("reading", &dir))?;
                 let name = item.file_name().to_string_lossy().into_owned();
                 if let Some(_guard) = self.debris_guard(&name)? {
                     if !dry_run {
@@ -690,8 +679,8 @@ pub(crate) fn verify_tree(dir: &Path, manifest: &Manifest, path: &StorePath) -> 
             problems.push(format!("`{rel}` is missing"));
             continue;
         }
-        let f = File::open(&file).map_err(io_err("opening", &file))?;
-        let (actual, size) = Sha256::of_reader(f).map_err(io_err("reading", &file))?;
+        let f = File::open(&file).map_err(FileError::at("opening", &file))?;
+        let (actual, size) = Sha256::of_reader(f).map_err(FileError::at("reading", &file))?;
         if actual != rec.sha256 || size != rec.size {
             problems.push(format!(
                 "`{rel}` is corrupt: expected sha256 {} ({} bytes), found {actual} ({size} bytes)",
@@ -706,9 +695,9 @@ pub(crate) fn verify_tree(dir: &Path, manifest: &Manifest, path: &StorePath) -> 
 }
 
 fn walk_files(base: &Path, dir: &Path, out: &mut BTreeSet<String>) -> Result<()> {
-    for item in fs::read_dir(dir).map_err(io_err("reading", dir))? {
-        let item = item.map_err(io_err("reading", dir))?;
-        let ft = item.file_type().map_err(io_err("reading", &item.path()))?;
+    for item in fs::read_dir(dir).map_err(FileError::at("reading", dir))? {
+        let item = item.map_err(FileError::at("reading", dir))?;
+        let ft = item.file_type().map_err(FileError::at("reading", &item.path()))?;
         if ft.is_dir() {
             walk_files(base, &item.path(), out)?;
         } else {
@@ -725,105 +714,33 @@ fn walk_files(base: &Path, dir: &Path, out: &mut BTreeSet<String>) -> Result<()>
 /// changes), so [`finish_seal`] closes it after the rename.
 fn seal(dir: &Path, manifest: &Manifest) -> Result<()> {
     fn walk(base: &Path, dir: &Path, manifest: &Manifest, top: bool) -> Result<()> {
-        for item in fs::read_dir(dir).map_err(io_err("reading", dir))? {
-            let item = item.map_err(io_err("reading", dir))?;
+        for item in fs::read_dir(dir).map_err(FileError::at("reading", dir))? {
+            let item = item.map_err(FileError::at("reading", dir))?;
             let p = item.path();
-            let ft = item.file_type().map_err(io_err("reading", &p))?;
+            let ft = item.file_type().map_err(FileError::at("reading", &p))?;
             if ft.is_dir() {
                 walk(base, &p, manifest, false)?;
                 continue;
             }
             let rel = p.strip_prefix(base).expect("under base").to_string_lossy().into_owned();
             let exec = manifest.outputs.get(&rel).is_some_and(|o| o.executable);
-            let f = File::open(&p).map_err(io_err("opening", &p))?;
-            f.sync_all().map_err(io_err("syncing", &p))?;
+            let f = File::open(&p).map_err(FileError::at("opening", &p))?;
+            f.sync_all().map_err(FileError::at("syncing", &p))?;
             let mode = if exec { 0o555 } else { 0o444 };
-            fs::set_permissions(&p, fs::Permissions::from_mode(mode)).map_err(io_err("sealing", &p))?;
+            fs::set_permissions(&p, fs::Permissions::from_mode(mode)).map_err(FileError::at("sealing", &p))?;
         }
         sync_dir(dir)?;
         if top {
             return Ok(());
         }
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o555)).map_err(io_err("sealing", dir))
+        Ok(fs::set_permissions(dir, fs::Permissions::from_mode(0o555)).map_err(FileError::at("sealing", dir))?)
     }
     walk(dir, dir, manifest, true)
 }
 
 /// Closes an entry's top directory once it is in place (see [`seal`]).
 fn finish_seal(dir: &Path) -> Result<()> {
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o555)).map_err(io_err("sealing", dir))
-}
-
-/// Removes a tree even if it was sealed read-only.
-pub(crate) fn remove_tree(path: &Path) -> Result<()> {
-    fn unseal(p: &Path) -> io::Result<()> {
-        let meta = fs::symlink_metadata(p)?;
-        if meta.is_dir() {
-            fs::set_permissions(p, fs::Permissions::from_mode(0o755))?;
-            for item in fs::read_dir(p)? {
-                unseal(&item?.path())?;
-            }
-        }
-        Ok(())
-    }
-    match fs::symlink_metadata(path) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(io_err("removing", path)(e)),
-        Ok(m) if !m.is_dir() => return fs::remove_file(path).map_err(io_err("removing", path)),
-        Ok(_) => {}
-    }
-    unseal(path).map_err(io_err("unsealing", path))?;
-    fs::remove_dir_all(path).map_err(io_err("removing", path))
-}
-
-fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|f| f.sync_all()).map_err(io_err("syncing directory", dir))
-}
-
-/// Copies `src` to a new file `dest`, returning the digest and size of the bytes.
-pub fn copy_hashing(src: &Path, dest: &Path) -> Result<(Sha256, u64)> {
-    use std::io::Read;
-    let mut input = File::open(src).map_err(io_err("opening", src))?;
-    let mut out = File::create(dest).map_err(io_err("creating", dest))?;
-    let mut hasher = digest::Hasher::new();
-    let mut buf = vec![0u8; digest::HASH_BUF_SIZE];
-    loop {
-        let n = match input.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(io_err("reading", src)(e)),
-        };
-        hasher.update(&buf[..n]);
-        out.write_all(&buf[..n]).map_err(io_err("writing", dest))?;
-    }
-    Ok(hasher.finish())
-}
-
-/// Writes a small file atomically (temporary sibling, fsync, rename).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp.{}",
-        path.file_name().map(|s| s.to_string_lossy()).unwrap_or_default(),
-        std::process::id()
-    ));
-    let mut f = File::create(&tmp).map_err(io_err("writing", &tmp))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(io_err("writing", &tmp))?;
-    fs::rename(&tmp, path).map_err(io_err("renaming into place", path))?;
-    sync_dir(dir)
-}
-
-/// Formats an error with its causes on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
+    Ok(fs::set_permissions(dir, fs::Permissions::from_mode(0o555)).map_err(FileError::at("sealing", dir))?)
 }
 
 /// Records a finished regular file in `outputs`.
