@@ -243,7 +243,7 @@ pub(super) fn import(store: &Store, input: impl Read) -> Result<ImportSummary, B
 
     let mut summary = ImportSummary::default();
     for (entry, manifest) in manifests {
-        let _lock = store.lock(entry.hash(), || {})?;
+        let _guard = store.guard(entry.hash(), || {})?;
         if store.entry_dir(&entry).exists() {
             summary.present.push(entry);
             continue;
