@@ -33,7 +33,7 @@ use crate::layers::{self, LayerError, Spill, Unpack};
 use crate::recipe::{BaseFormat, Compression, InputKind, LoadedRecipe, RootSelector};
 use crate::report::Reporter;
 use crate::store::{self, Claim, EntryKey, OutputRecord, Outputs, Store, StoreError, StorePath};
-use crate::tree::{Data, Kind, Meta, Node, Tree};
+use crate::tree::{Data, Kind, Meta, Node, Sink, Sources, Tree};
 
 /// Version of the build pipeline; part of every image's key. Bump it whenever
 /// the same inputs would give different bytes.
@@ -230,7 +230,7 @@ struct BuildSources<'a> {
     disk: &'a File,
     spill: &'a Spill,
 }
-impl ext4w::Sources for BuildSources<'_> {
+impl Sources for BuildSources<'_> {
     fn read_at(&mut self, source: u32, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         match source {
             DISK_SOURCE => self.disk.read_exact_at(buf, offset),
@@ -279,7 +279,7 @@ fn materialize_base(path: &Path, format: BaseFormat, dest: &Path) -> Result<File
         BaseFormat::Raw => {
             let len = f.metadata().map_err(FileError::at("reading", path))?.len();
             out.set_len(len).map_err(FileError::at("sizing", dest))?;
-            copy_nonzero((&f, path), (&out, dest), 0, 0, len)?;
+            copy_nonzero((&f, path), &mut FileSink { file: &out, base: 0 }, dest, 0, len)?;
         }
         BaseFormat::Qcow2 => {
             let mut q = Qcow2::open(f).map_err(base_err)?;
@@ -290,7 +290,9 @@ fn materialize_base(path: &Path, format: BaseFormat, dest: &Path) -> Result<File
             while at < len {
                 let n = (len - at).min(buf.len() as u64) as usize;
                 q.read_at(at, &mut buf[..n]).map_err(base_err)?;
-                write_nonzero((&out, dest), at, &buf[..n])?;
+                FileSink { file: &out, base: 0 }
+                    .write_nonzero(at, &buf[..n])
+                    .map_err(FileError::at("writing", dest))?;
                 at += n as u64;
             }
         }
@@ -324,20 +326,24 @@ fn data_ranges(f: &File, size: u64) -> io::Result<Vec<(u64, u64)>> {
     Ok(out)
 }
 
-fn write_nonzero((out, out_path): (&File, &Path), at: u64, data: &[u8]) -> Result<(), BuildError> {
-    for (i, chunk) in data.chunks(4096).enumerate() {
-        if !crate::format::is_zero(chunk) {
-            out.write_all_at(chunk, at + (i as u64) * 4096).map_err(FileError::at("writing", out_path))?;
-        }
+/// A file as a [`Sink`], from byte `base` on.
+struct FileSink<'a> {
+    file: &'a File,
+    base: u64,
+}
+impl Sink for FileSink<'_> {
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(data, self.base + offset)
     }
-    Ok(())
 }
 
+/// Copies `len` bytes of `input` from `from` to `out` at `from` (`out_path`
+/// names it), leaving out zero blocks.
 fn copy_nonzero(
     (input, in_path): (&File, &Path),
-    out: (&File, &Path),
+    out: &mut FileSink,
+    out_path: &Path,
     from: u64,
-    to: u64,
     len: u64,
 ) -> Result<(), BuildError> {
     let mut buf = vec![0u8; 1 << 20];
@@ -345,7 +351,7 @@ fn copy_nonzero(
     while done < len {
         let n = (len - done).min(buf.len() as u64) as usize;
         input.read_exact_at(&mut buf[..n], from + done).map_err(FileError::at("reading", in_path))?;
-        write_nonzero(out, to + done, &buf[..n])?;
+        out.write_nonzero(from + done, &buf[..n]).map_err(FileError::at("writing", out_path))?;
         done += n as u64;
     }
     Ok(())
@@ -447,7 +453,8 @@ fn build_outputs(
     for p in &table.partitions {
         if p.number != root_part.number {
             let len = p.sectors() * SECTOR;
-            copy_nonzero((&disk, &disk_path), (&raw, &raw_path), p.first_lba * SECTOR, p.first_lba * SECTOR, len)?;
+            let mut out = FileSink { file: &raw, base: 0 };
+            copy_nonzero((&disk, &disk_path), &mut out, &raw_path, p.first_lba * SECTOR, len)?;
         }
     }
     let rendered = new_table.render(sectors)?;
@@ -457,13 +464,8 @@ fn build_outputs(
     raw.write_all_at(&primary, 0).map_err(FileError::at("writing the GPT into", &raw_path))?;
     raw.write_all_at(&rendered.backup, rendered.backup_lba * SECTOR)
         .map_err(FileError::at("writing the backup GPT into", &raw_path))?;
-    struct At<'a>(&'a File, u64);
-    impl ext4w::Sink for At<'_> {
-        fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
-            self.0.write_all_at(data, self.1 + offset)
-        }
-    }
-    ext4w::write(&plan, &mut BuildSources { disk: &disk, spill: &spill }, &mut At(&raw, root_offset), &raw_path)?;
+    let mut root_fs = FileSink { file: &raw, base: root_offset };
+    ext4w::write(&plan, &mut BuildSources { disk: &disk, spill: &spill }, &mut root_fs, &raw_path)?;
     raw.sync_all().map_err(FileError::at("flushing", &raw_path))?;
 
     // 6. Outputs.
@@ -480,7 +482,8 @@ fn build_outputs(
         let mut p = boot_prefix.to_vec();
         p.extend_from_slice(b"/");
         p.extend_from_slice(want.as_bytes());
-        let bytes = layers::read_file(&boot_tree, &p, &mut BuildSources { disk: &disk, spill: &spill })
+        let bytes = boot_tree
+            .read_file(&p, &mut BuildSources { disk: &disk, spill: &spill })
             .ok_or_else(|| BuildError::NoKernel(String::from_utf8_lossy(&p).into_owned()))?;
         let out_path = out_dir.join(out_name);
         fs::write(&out_path, &bytes).map_err(FileError::at("writing", &out_path))?;
@@ -538,8 +541,7 @@ fn apply_layers(
 ) -> Result<(), BuildError> {
     let recipe = &loaded.recipe;
     let read_tree_file = |tree: &Tree, spill: &Spill, path: &[u8]| {
-        layers::read_file(tree, path, &mut BuildSources { disk, spill })
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
+        tree.read_file(path, &mut BuildSources { disk, spill }).map(|b| String::from_utf8_lossy(&b).into_owned())
     };
     // Debs: all dependencies checked before any is unpacked.
     if !recipe.debs.is_empty() {

@@ -8,8 +8,8 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::process::Command;
 
-use hearth_builder::format::ext4::write::{Options, Sink, Sources, plan, write};
-use hearth_builder::tree::{Data, Kind, Meta, Node, Tree};
+use hearth_builder::format::ext4::write::{Options, plan, write};
+use hearth_builder::tree::{Data, Kind, Meta, Node, Sink, Sources, Tree};
 
 struct FileSink(File);
 impl Sink for FileSink {

@@ -10,8 +10,8 @@ use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::process::Command;
 
 use hearth_builder::format::ext4::read::read_tree;
-use hearth_builder::format::ext4::write::{Options, Sink, Sources, plan, write};
-use hearth_builder::tree::{Data, Kind, Meta, Node, Piece, Tree};
+use hearth_builder::format::ext4::write::{Options, plan, write};
+use hearth_builder::tree::{Data, Kind, Meta, Node, Piece, Sink, Sources, Tree};
 
 struct FileSink(File);
 impl Sink for FileSink {

@@ -1,6 +1,7 @@
 //! The ext4 writer: [`plan`] lays out a [`Tree`] (inode numbers, directory
 //! blocks, extents, group geometry) and [`write`] emits it in block order through
-//! a [`Sink`], reading file contents from [`Sources`] as it goes.
+//! a [`Sink`], reading file contents from [`Sources`] as it goes (both defined
+//! with the tree).
 //!
 //! Layout: inode 2 is `/`, 8 the journal, 11 `/lost+found` (made if missing), the
 //! rest numbered from 12 in sorted depth-first order. Blocks are allocated
@@ -10,12 +11,11 @@
 //! `1..=last`. All times are the node's mtime clamped to the epoch.
 
 use std::collections::BTreeMap;
-use std::io;
 use std::path::Path;
 
 use super::*;
 use crate::files::FileError;
-use crate::tree::{Data, Kind, Meta, NodeId, Piece, ROOT, Tree};
+use crate::tree::{Data, Kind, Meta, NodeId, ROOT, Sink, Sources, Tree};
 
 /// Largest extent length for initialised extents.
 const MAX_EXTENT_LEN: u64 = 32768;
@@ -70,19 +70,6 @@ pub enum Ext4Error {
     /// content could not be read, or the target the file system goes to.
     #[error(transparent)]
     File(#[from] FileError),
-}
-
-/// Where file contents come from.
-pub trait Sources {
-    /// Fills `buf` from `source` at `offset`.
-    fn read_at(&mut self, source: u32, offset: u64, buf: &mut [u8]) -> io::Result<()>;
-}
-
-/// Where the file system goes. The target must read as zeros beforehand: blocks
-/// that are all zeros are not written.
-pub trait Sink {
-    /// Writes `data` at byte `offset` of the file system.
-    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()>;
 }
 
 /// One run of blocks of an inode.
@@ -763,36 +750,9 @@ fn descriptor_block(plan: &Plan, meta_group: u64) -> Vec<u8> {
     b
 }
 
-/// Fills `buf` with the bytes of `data` at `offset` (zeros where no piece is).
-fn fill(data: &Data, offset: u64, buf: &mut [u8], sources: &mut dyn Sources) -> io::Result<()> {
-    buf.fill(0);
-    let end = offset + buf.len() as u64;
-    for (at, piece) in &data.pieces {
-        let (p_start, p_end) = (*at, *at + piece.len());
-        if p_end <= offset || p_start >= end {
-            continue;
-        }
-        let from = p_start.max(offset);
-        let to = p_end.min(end);
-        let dst = &mut buf[(from - offset) as usize..(to - offset) as usize];
-        match piece {
-            Piece::Inline(b) => dst.copy_from_slice(&b[(from - p_start) as usize..(to - p_start) as usize]),
-            Piece::External { source, offset: src_off, .. } => {
-                sources.read_at(*source, src_off + (from - p_start), dst)?;
-            }
-        }
-    }
-    Ok(())
-}
-
 fn write_nonzero(sink: &mut dyn Sink, target: &Path, offset: u64, data: &[u8]) -> Result<(), Ext4Error> {
-    // Skip whole zero blocks: the target already reads as zeros.
-    for (i, block) in data.chunks(BLOCK as usize).enumerate() {
-        if !crate::format::is_zero(block) {
-            let at = offset + (i as u64) * BLOCK;
-            sink.write_at(at, block).map_err(FileError::at("writing a block into", target))?;
-        }
-    }
+    // Zero blocks are left out: the target already reads as zeros.
+    sink.write_nonzero(offset, data).map_err(FileError::at("writing a block into", target))?;
     Ok(())
 }
 
@@ -873,7 +833,7 @@ pub fn write(plan: &Plan, sources: &mut dyn Sources, sink: &mut dyn Sink, target
                         }
                         let n = (total - done).min(CHUNK as u64).min(data.size - file_off) as usize;
                         let chunk = &mut buf[..n];
-                        fill(data, file_off, chunk, sources)
+                        data.read_at(file_off, chunk, sources)
                             .map_err(FileError::at("reading the content of", Path::new(&p.path)))?;
                         write_nonzero(sink, target, (e.physical * BLOCK) + done, chunk)?;
                         done += n as u64;
