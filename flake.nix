@@ -2,7 +2,10 @@
   description = "hearth: hermetic, content-addressed node images and a self-assembling kubeadm appliance on libvirt";
 
   inputs = {
-    nixpkgs.url = "github:NixOS/nixpkgs/nixos-24.05";
+    # Pinned by revision: its rustc is 1.91.1 (pkgs/development/compilers/rust/1_91.nix
+    # at this commit), which meets the workspace's `rust-version = "1.89"` and
+    # edition 2024; nixos-24.05's rustc 1.77 does not.
+    nixpkgs.url = "github:NixOS/nixpkgs/09e4b46f8d7edd81c7b1d35a128ff7ebd88a950e";
     flake-utils.url = "github:numtide/flake-utils";
   };
 

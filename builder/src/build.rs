@@ -23,6 +23,7 @@ use std::process::Command;
 
 use crate::cmd::{self, CmdError};
 use crate::digest::Sha256;
+use crate::files::{self, FileError, PathReader};
 use crate::fill::Filled;
 use crate::format::ext4::{read as ext4r, write as ext4w};
 use crate::format::gpt::{self, Gpt, SECTOR};
@@ -32,7 +33,7 @@ use crate::layers::{self, LayerError, Spill, Unpack};
 use crate::recipe::{BaseFormat, Compression, InputKind, LoadedRecipe, RootSelector};
 use crate::report::Reporter;
 use crate::store::{self, Claim, EntryKey, OutputRecord, Outputs, Store, StoreError, StorePath};
-use crate::tree::{Data, Kind, Meta, Node, Tree};
+use crate::tree::{Data, Kind, Meta, Node, Sink, Sources, Tree};
 
 /// Version of the build pipeline; part of every image's key. Bump it whenever
 /// the same inputs would give different bytes.
@@ -70,6 +71,9 @@ pub enum BuildError {
     /// The disk does not fit.
     #[error("{0}")]
     Size(String),
+    /// The base has no kernel or initrd where the build looks.
+    #[error("the base has no `{0}` to boot from")]
+    NoKernel(String),
     /// An input that was not fetched.
     #[error("input `{0}` is not in the store (run `hearth fetch` first)")]
     MissingInput(String),
@@ -87,20 +91,9 @@ pub enum BuildError {
     /// The store.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// Other I/O.
-    #[error("{op}")]
-    Io {
-        /// What.
-        op: String,
-        /// The cause.
-        #[source]
-        source: io::Error,
-    },
-}
-
-fn io_err(op: impl Into<String>) -> impl FnOnce(io::Error) -> BuildError {
-    let op = op.into();
-    move |source| BuildError::Io { op, source }
+    /// A file operation failed.
+    #[error(transparent)]
+    File(#[from] FileError),
 }
 
 /// What a build produced.
@@ -115,15 +108,15 @@ pub struct Built {
 /// The canonical description of everything that goes into an image; its
 /// sha256 is the image's key.
 pub fn key_document(loaded: &LoadedRecipe, inputs: &[Filled]) -> Result<serde_json::Value, BuildError> {
-    let recipe = serde_json::to_value(&loaded.recipe)
-        .map_err(|e| BuildError::Io { op: "serialising the recipe".into(), source: io::Error::other(e) })?;
+    // Plain structs with string keys: serialising cannot fail.
+    let recipe = serde_json::to_value(&loaded.recipe).expect("a recipe serialises");
     let pins: BTreeMap<String, String> = inputs.iter().map(|f| (f.input.id.clone(), f.path.to_string())).collect();
     let dir = loaded.path.parent().unwrap_or(Path::new("."));
     let mut sources = BTreeMap::new();
     for f in &loaded.recipe.files {
         if let Some(src) = &f.source {
             let p = dir.join(&src.0);
-            let bytes = fs::read(&p).map_err(io_err(format!("reading `{}`", p.display())))?;
+            let bytes = fs::read(&p).map_err(FileError::at("reading", &p))?;
             sources.insert(src.0.clone(), Sha256::of(&bytes).hex());
         }
     }
@@ -188,13 +181,14 @@ pub fn check(
     reporter: &dyn Reporter,
 ) -> Result<(StorePath, Vec<String>), BuildError> {
     let key = image_key(loaded, inputs)?;
-    let path = store.lookup(&key)?.ok_or_else(|| {
-        BuildError::Size(format!("`{}` has not been built yet: run `hearth build` first", loaded.path.display()))
+    let path = store.lookup(&key)?.ok_or_else(|| BuildError::NotBuilt {
+        recipe: loaded.path.display().to_string(),
+        why: "it has not been built yet: run `hearth build` first".into(),
     })?;
     let stored = store.manifest(&path)?;
     let work = WorkDir::new(store, &format!("check-{}", path.hash()))?;
     let out = work.0.join("out");
-    fs::create_dir_all(&out).map_err(io_err("creating the check directory"))?;
+    fs::create_dir_all(&out).map_err(FileError::at("creating", &out))?;
     let fresh = build_outputs(store, loaded, inputs, &out, &work.0, reporter)?;
     let mut differ = Vec::new();
     for (name, rec) in &stored.outputs {
@@ -212,14 +206,14 @@ struct WorkDir(PathBuf);
 impl WorkDir {
     fn new(store: &Store, tag: &str) -> Result<WorkDir, BuildError> {
         let dir = store.root().join(".tmp").join(format!("build-{tag}.{}", std::process::id()));
-        let _ = store::remove_tree(&dir);
-        fs::create_dir_all(&dir).map_err(io_err(format!("creating `{}`", dir.display())))?;
+        let _ = files::remove_tree(&dir);
+        fs::create_dir_all(&dir).map_err(FileError::at("creating", &dir))?;
         Ok(WorkDir(dir))
     }
 }
 impl Drop for WorkDir {
     fn drop(&mut self) {
-        let _ = store::remove_tree(&self.0);
+        let _ = files::remove_tree(&self.0);
     }
 }
 
@@ -236,7 +230,7 @@ struct BuildSources<'a> {
     disk: &'a File,
     spill: &'a Spill,
 }
-impl ext4w::Sources for BuildSources<'_> {
+impl Sources for BuildSources<'_> {
     fn read_at(&mut self, source: u32, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         match source {
             DISK_SOURCE => self.disk.read_exact_at(buf, offset),
@@ -273,30 +267,32 @@ impl Seek for Window<'_> {
 /// Decodes the base image into a sparse raw file (all-zero runs skipped).
 fn materialize_base(path: &Path, format: BaseFormat, dest: &Path) -> Result<File, BuildError> {
     let base_err = |source| BuildError::Base { path: path.to_owned(), source };
-    let f = File::open(path).map_err(io_err(format!("opening `{}`", path.display())))?;
+    let f = File::open(path).map_err(FileError::at("opening", path))?;
     let out = File::options()
         .create(true)
         .truncate(true)
         .read(true)
         .write(true)
         .open(dest)
-        .map_err(io_err("creating the raw base"))?;
+        .map_err(FileError::at("creating", dest))?;
     match format {
         BaseFormat::Raw => {
-            let len = f.metadata().map_err(io_err("reading the base"))?.len();
-            out.set_len(len).map_err(io_err("sizing the raw base"))?;
-            copy_nonzero(&mut |off, buf| f.read_exact_at(buf, off), &out, 0, 0, len)?;
+            let len = f.metadata().map_err(FileError::at("reading", path))?.len();
+            out.set_len(len).map_err(FileError::at("sizing", dest))?;
+            copy_nonzero((&f, path), &mut FileSink { file: &out, base: 0 }, dest, 0, len)?;
         }
         BaseFormat::Qcow2 => {
             let mut q = Qcow2::open(f).map_err(base_err)?;
             let len = q.size();
-            out.set_len(len).map_err(io_err("sizing the raw base"))?;
+            out.set_len(len).map_err(FileError::at("sizing", dest))?;
             let mut buf = vec![0u8; 1 << 20];
             let mut at = 0;
             while at < len {
                 let n = (len - at).min(buf.len() as u64) as usize;
                 q.read_at(at, &mut buf[..n]).map_err(base_err)?;
-                write_nonzero(&out, at, &buf[..n])?;
+                FileSink { file: &out, base: 0 }
+                    .write_nonzero(at, &buf[..n])
+                    .map_err(FileError::at("writing", dest))?;
                 at += n as u64;
             }
         }
@@ -330,28 +326,32 @@ fn data_ranges(f: &File, size: u64) -> io::Result<Vec<(u64, u64)>> {
     Ok(out)
 }
 
-fn write_nonzero(out: &File, at: u64, data: &[u8]) -> Result<(), BuildError> {
-    for (i, chunk) in data.chunks(4096).enumerate() {
-        if !crate::format::is_zero(chunk) {
-            out.write_all_at(chunk, at + (i as u64) * 4096).map_err(io_err("writing the disk"))?;
-        }
+/// A file as a [`Sink`], from byte `base` on.
+struct FileSink<'a> {
+    file: &'a File,
+    base: u64,
+}
+impl Sink for FileSink<'_> {
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(data, self.base + offset)
     }
-    Ok(())
 }
 
+/// Copies `len` bytes of `input` from `from` to `out` at `from` (`out_path`
+/// names it), leaving out zero blocks.
 fn copy_nonzero(
-    read: &mut dyn FnMut(u64, &mut [u8]) -> io::Result<()>,
-    out: &File,
+    (input, in_path): (&File, &Path),
+    out: &mut FileSink,
+    out_path: &Path,
     from: u64,
-    to: u64,
     len: u64,
 ) -> Result<(), BuildError> {
     let mut buf = vec![0u8; 1 << 20];
     let mut done = 0;
     while done < len {
         let n = (len - done).min(buf.len() as u64) as usize;
-        read(from + done, &mut buf[..n]).map_err(io_err("reading the base disk"))?;
-        write_nonzero(out, to + done, &buf[..n])?;
+        input.read_exact_at(&mut buf[..n], from + done).map_err(FileError::at("reading", in_path))?;
+        out.write_nonzero(from + done, &buf[..n]).map_err(FileError::at("writing", out_path))?;
         done += n as u64;
     }
     Ok(())
@@ -384,8 +384,9 @@ fn build_outputs(
     // 2. Base.
     reporter.note("reading the base image");
     let base_path = input_file(store, inputs, &format!("base/{}", recipe.base.name.get_ref()))?;
-    let disk = materialize_base(&base_path, recipe.base.format, &work.join("base.raw"))?;
-    let disk_len = disk.metadata().map_err(io_err("reading the base"))?.len();
+    let disk_path = work.join("base.raw");
+    let disk = materialize_base(&base_path, recipe.base.format, &disk_path)?;
+    let disk_len = disk.metadata().map_err(FileError::at("reading", &disk_path))?.len();
     let table = Gpt::read(&mut Window { file: &disk, start: 0, pos: 0 }, disk_len)?;
     let root_part = match &recipe.base.root {
         RootSelector::Partition(n) => table.partition(*n).cloned(),
@@ -447,34 +448,25 @@ fn build_outputs(
         .read(true)
         .write(true)
         .open(&raw_path)
-        .map_err(io_err("creating the raw disk"))?;
-    raw.set_len(sectors * SECTOR).map_err(io_err("sizing the raw disk"))?;
+        .map_err(FileError::at("creating", &raw_path))?;
+    raw.set_len(sectors * SECTOR).map_err(FileError::at("sizing", &raw_path))?;
     for p in &table.partitions {
         if p.number != root_part.number {
             let len = p.sectors() * SECTOR;
-            copy_nonzero(
-                &mut |off, buf| disk.read_exact_at(buf, off),
-                &raw,
-                p.first_lba * SECTOR,
-                p.first_lba * SECTOR,
-                len,
-            )?;
+            let mut out = FileSink { file: &raw, base: 0 };
+            copy_nonzero((&disk, &disk_path), &mut out, &raw_path, p.first_lba * SECTOR, len)?;
         }
     }
     let rendered = new_table.render(sectors)?;
     let mut primary = rendered.primary;
     // Keep the base's MBR boot code (BIOS boot loaders live there).
-    disk.read_exact_at(&mut primary[..440], 0).map_err(io_err("reading the base MBR"))?;
-    raw.write_all_at(&primary, 0).map_err(io_err("writing the GPT"))?;
-    raw.write_all_at(&rendered.backup, rendered.backup_lba * SECTOR).map_err(io_err("writing the backup GPT"))?;
-    struct At<'a>(&'a File, u64);
-    impl ext4w::Sink for At<'_> {
-        fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
-            self.0.write_all_at(data, self.1 + offset)
-        }
-    }
-    ext4w::write(&plan, &mut BuildSources { disk: &disk, spill: &spill }, &mut At(&raw, root_offset))?;
-    raw.sync_all().map_err(io_err("flushing the raw disk"))?;
+    disk.read_exact_at(&mut primary[..440], 0).map_err(FileError::at("reading the MBR of", &disk_path))?;
+    raw.write_all_at(&primary, 0).map_err(FileError::at("writing the GPT into", &raw_path))?;
+    raw.write_all_at(&rendered.backup, rendered.backup_lba * SECTOR)
+        .map_err(FileError::at("writing the backup GPT into", &raw_path))?;
+    let mut root_fs = FileSink { file: &raw, base: root_offset };
+    ext4w::write(&plan, &mut BuildSources { disk: &disk, spill: &spill }, &mut root_fs, &raw_path)?;
+    raw.sync_all().map_err(FileError::at("flushing", &raw_path))?;
 
     // 6. Outputs.
     let mut outputs = Outputs::default();
@@ -490,11 +482,11 @@ fn build_outputs(
         let mut p = boot_prefix.to_vec();
         p.extend_from_slice(b"/");
         p.extend_from_slice(want.as_bytes());
-        let bytes =
-            layers::read_file(&boot_tree, &p, &mut BuildSources { disk: &disk, spill: &spill }).ok_or_else(|| {
-                BuildError::Size(format!("the base has no `{}` to boot from", String::from_utf8_lossy(&p)))
-            })?;
-        fs::write(out_dir.join(out_name), &bytes).map_err(io_err(format!("writing `{out_name}`")))?;
+        let bytes = boot_tree
+            .read_file(&p, &mut BuildSources { disk: &disk, spill: &spill })
+            .ok_or_else(|| BuildError::NoKernel(String::from_utf8_lossy(&p).into_owned()))?;
+        let out_path = out_dir.join(out_name);
+        fs::write(&out_path, &bytes).map_err(FileError::at("writing", &out_path))?;
         outputs.files.insert(
             out_name.into(),
             OutputRecord { sha256: Sha256::of(&bytes), size: bytes.len() as u64, executable: false },
@@ -506,12 +498,14 @@ fn build_outputs(
         // hearth's own writer: the bytes do not depend on the host's QEMU.
         Compression::Zstd => {
             let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-            let mut out = File::create(&qcow).map_err(io_err("creating disk.qcow2"))?;
-            let data = data_ranges(&raw, sectors * SECTOR).map_err(io_err("mapping the raw disk"))?;
-            let mut read_at = |off: u64, buf: &mut [u8]| raw.read_exact_at(buf, off);
+            let mut out = File::create(&qcow).map_err(FileError::at("creating", &qcow))?;
+            let data = data_ranges(&raw, sectors * SECTOR).map_err(FileError::at("mapping the data of", &raw_path))?;
+            let mut read_at = |off: u64, buf: &mut [u8]| {
+                raw.read_exact_at(buf, off).map_err(|e| FileError::at("reading", &raw_path)(e).into())
+            };
             qcow2_write::write_qcow2_sparse(&mut read_at, &data, sectors * SECTOR, &mut out, threads)
-                .map_err(io_err("writing disk.qcow2"))?;
-            out.sync_all().map_err(io_err("flushing disk.qcow2"))?;
+                .map_err(FileError::carried_or("writing", &qcow))?;
+            out.sync_all().map_err(FileError::at("flushing", &qcow))?;
         }
         // zlib needs deflate with qemu's 4 KiB window: left to qemu-img.
         Compression::Zlib => {
@@ -523,8 +517,8 @@ fn build_outputs(
             )?;
         }
     }
-    let (sha, size) = Sha256::of_reader(File::open(&qcow).map_err(io_err("reading disk.qcow2"))?)
-        .map_err(io_err("hashing disk.qcow2"))?;
+    let (sha, size) = Sha256::of_reader(File::open(&qcow).map_err(FileError::at("opening", &qcow))?)
+        .map_err(FileError::at("reading", &qcow))?;
     outputs.files.insert("disk.qcow2".into(), OutputRecord { sha256: sha, size, executable: false });
     outputs.references = inputs.iter().map(|f| f.path.to_string()).collect();
     outputs.info.insert("recipe".into(), recipe.name.get_ref().clone());
@@ -547,8 +541,7 @@ fn apply_layers(
 ) -> Result<(), BuildError> {
     let recipe = &loaded.recipe;
     let read_tree_file = |tree: &Tree, spill: &Spill, path: &[u8]| {
-        layers::read_file(tree, path, &mut BuildSources { disk, spill })
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
+        tree.read_file(path, &mut BuildSources { disk, spill }).map(|b| String::from_utf8_lossy(&b).into_owned())
     };
     // Debs: all dependencies checked before any is unpacked.
     if !recipe.debs.is_empty() {
@@ -559,7 +552,7 @@ fn apply_layers(
         let mut debs = Vec::new();
         for d in &recipe.debs {
             let path = input_file(store, inputs, &format!("{}/{}", InputKind::Deb, d.name.get_ref()))?;
-            let bytes = fs::read(&path).map_err(io_err(format!("reading `{}`", path.display())))?;
+            let bytes = fs::read(&path).map_err(FileError::at("reading", &path))?;
             debs.push(layers::open_deb(&bytes, &format!("package `{}`", d.name.get_ref()))?);
         }
         let mut available = layers::installed(&status_text);
@@ -578,17 +571,8 @@ fn apply_layers(
     }
     for a in &recipe.archives {
         let path = input_file(store, inputs, &format!("{}/{}", InputKind::Archive, a.name.get_ref()))?;
-        let f = File::open(&path).map_err(io_err(format!("reading `{}`", path.display())))?;
+        let f = File::open(&path).map_err(FileError::at("opening", &path))?;
         let name = a.name.get_ref();
-        let reader: Box<dyn Read> = if name.ends_with(".gz") || name.ends_with(".tgz") {
-            Box::new(flate2::read::GzDecoder::new(f))
-        } else if name.ends_with(".xz") {
-            Box::new(liblzma::read::XzDecoder::new(f))
-        } else if name.ends_with(".zst") {
-            Box::new(zstd::stream::read::Decoder::new(f).map_err(io_err("opening zstd"))?)
-        } else {
-            Box::new(f)
-        };
         tree.mkdir_p(a.prefix.0.as_bytes(), &Meta::root(0o755)).map_err(|source| LayerError::Tree {
             origin: format!("archive `{name}`"),
             member: a.prefix.0.clone(),
@@ -603,7 +587,7 @@ fn apply_layers(
             force_owner: Some((0, 0)),
             max_file,
         };
-        layers::unpack_tar(tree, spill, reader, &u)?;
+        layers::unpack_archive(tree, spill, io::BufReader::with_capacity(1 << 20, f), &u)?;
     }
     let passwd = read_tree_file(tree, spill, b"/etc/passwd").unwrap_or_default();
     let group = read_tree_file(tree, spill, b"/etc/group").unwrap_or_default();
@@ -618,13 +602,13 @@ fn apply_layers(
             Kind::File(spill.append_bytes(text.as_bytes())?)
         } else if let Some(src) = &f.source {
             let p = dir.join(&src.0);
-            Kind::File(spill.append_bytes(&fs::read(&p).map_err(io_err(format!("reading `{}`", p.display())))?)?)
+            Kind::File(spill.append_bytes(&fs::read(&p).map_err(FileError::at("reading", &p))?)?)
         } else {
             let id = format!("{}/{}", InputKind::File, f.path.get_ref().0.trim_start_matches('/'));
             let p = input_file(store, inputs, &id)?;
-            let mut file = File::open(&p).map_err(io_err(format!("reading `{}`", p.display())))?;
-            let len = file.metadata().map_err(io_err("reading an input"))?.len();
-            Kind::File(spill.append(&mut file, len)?)
+            let mut file = PathReader::open(&p)?;
+            let len = file.size()?;
+            Kind::File(spill.append(&mut file, len, || format!("`{}`", p.display()))?)
         };
         let parent = &path[..path.iter().rposition(|b| *b == b'/').unwrap_or(0)];
         let mkdir_err =

@@ -40,6 +40,14 @@ fn argv_of(cmd: &Command) -> String {
     parts.join(" ")
 }
 
+/// The last [`STDERR_TAIL`] bytes of `stderr`, decoded lossily and trimmed. The
+/// cut is made in bytes, before decoding: a character split by it becomes one
+/// replacement character instead of a panic.
+fn tail(stderr: &[u8]) -> String {
+    let start = stderr.len().saturating_sub(STDERR_TAIL);
+    String::from_utf8_lossy(&stderr[start..]).trim().to_owned()
+}
+
 /// Runs `cmd` to completion; returns its stdout.
 pub fn run(cmd: &mut Command) -> Result<Vec<u8>, CmdError> {
     let argv = argv_of(cmd);
@@ -50,9 +58,7 @@ pub fn run(cmd: &mut Command) -> Result<Vec<u8>, CmdError> {
         .output()
         .map_err(|source| CmdError::Spawn { argv: argv.clone(), source })?;
     if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        let tail = if err.len() > STDERR_TAIL { &err[err.len() - STDERR_TAIL..] } else { &err };
-        return Err(CmdError::Failed { argv, status: out.status.to_string(), stderr: tail.trim().to_owned() });
+        return Err(CmdError::Failed { argv, status: out.status.to_string(), stderr: tail(&out.stderr) });
     }
     Ok(out.stdout)
 }
@@ -67,5 +73,16 @@ mod tests {
         assert!(e.contains("`sh -c 'echo oops >&2; exit 3'` failed (exit status: 3): oops"), "{e}");
         assert!(matches!(run(&mut Command::new("/nonexistent/tool")), Err(CmdError::Spawn { .. })));
         assert_eq!(run(Command::new("printf").arg("hi")).unwrap(), b"hi");
+    }
+
+    #[test]
+    fn a_stderr_tail_cut_inside_a_character_does_not_panic() {
+        // 1000 three-byte characters (3000 bytes): the cut 1024 bytes from the
+        // end lands on the last byte of the 659th.
+        let script = "i=0; while [ $i -lt 1000 ]; do printf '\\342\\200\\246' >&2; i=$((i+1)); done; exit 1";
+        let e = run(Command::new("sh").args(["-c", script])).unwrap_err();
+        let CmdError::Failed { stderr, .. } = e else { panic!("{e:?}") };
+        assert!(stderr.starts_with('\u{FFFD}'), "{stderr}");
+        assert_eq!(stderr.chars().skip(1).collect::<String>(), "…".repeat(341));
     }
 }

@@ -25,19 +25,14 @@ use serde::Deserialize;
 
 use crate::fetch::FetchOptions;
 use crate::fetch::mirrors::{MirrorError, Mirrors};
+use crate::files::FileError;
 
 /// Errors reading the configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file cannot be read.
-    #[error("reading `{}`", path.display())]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] FileError),
     /// The file is not valid.
     #[error("invalid configuration `{}`", path.display())]
     Parse {
@@ -100,7 +95,7 @@ pub fn load_fetch_options(
                 toml::from_str::<File>(&text).map_err(|source| ConfigError::Parse { path: p.to_owned(), source })?
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => File::default(),
-            Err(source) => return Err(ConfigError::Read { path: p.to_owned(), source }),
+            Err(e) => return Err(FileError::at("reading", p)(e).into()),
         },
         None => File::default(),
     };
@@ -147,6 +142,6 @@ mod tests {
         assert_eq!(o.mirrors.expand("https://a/x"), vec!["http://127.0.0.1:9/x"]);
         std::fs::write(&p, "[fetch]\nattempt = 2\n").unwrap();
         let err = load_fetch_options(Some(&p), &|_| None).unwrap_err();
-        assert!(crate::store::error_chain(&err).contains("unknown field `attempt`"));
+        assert!(crate::report::error_chain(&err).contains("unknown field `attempt`"));
     }
 }

@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use crate::fetch::{FetchError, Fetcher};
 use crate::oci::{self, OciError};
 use crate::recipe::{Input, LoadedRecipe};
-use crate::store::{self, Store, StoreError, StorePath};
+use crate::store::{Store, StoreError, StorePath};
 
 /// Errors of a fill.
 #[derive(Debug, thiserror::Error)]
@@ -164,14 +164,14 @@ async fn fill_one(fetcher: &Fetcher, store: &Store, input: Input) -> Outcome {
         (Some(reference), Some(platform)) => oci::pull(fetcher, store, reference, pin, platform, &input.name)
             .await
             .map(|p| (p.path, p.downloaded))
-            .map_err(|e| (matches!(e, OciError::Offline { .. }), store::error_chain(&e))),
+            .map_err(|e| (matches!(e, OciError::Offline { .. }), crate::report::error_chain(&e))),
         _ => {
             let req = input.file_request().expect("pinned file input");
             fetcher
                 .fetch_file(store, &req)
                 .await
                 .map(|f| (f.path, f.downloaded))
-                .map_err(|e| (matches!(e, FetchError::Offline { .. }), store::error_chain(&e)))
+                .map_err(|e| (matches!(e, FetchError::Offline { .. }), crate::report::error_chain(&e)))
         }
     };
     match result {

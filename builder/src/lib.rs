@@ -12,6 +12,7 @@ pub mod cmd;
 pub mod config;
 pub mod digest;
 pub mod fetch;
+pub mod files;
 pub mod fill;
 pub mod format;
 pub mod layers;

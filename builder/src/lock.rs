@@ -9,9 +9,14 @@ use futures_util::StreamExt;
 
 use crate::digest::Sha256;
 use crate::fetch::{FetchError, Fetcher};
+use crate::files::{self, FileError};
 use crate::oci::{self, OciError};
 use crate::recipe::{self, Input, InputKind, LoadedRecipe, Lock};
-use crate::store::{self, Claim, EntryKey, OutputRecord, Outputs, Store, StoreError};
+use crate::store::{Claim, EntryKey, OutputRecord, Outputs, Store, StoreError};
+
+/// Mode of the pins file: it is written for the user's repository, so that the
+/// umask does not decide.
+const PINS_MODE: u32 = 0o644;
 
 /// Errors of locking.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +35,9 @@ pub enum LockError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Writing the pins file failed.
+    #[error(transparent)]
+    File(#[from] FileError),
 }
 
 /// What a lock run did.
@@ -94,7 +102,7 @@ pub async fn lock(
     }
     let changed = new != loaded.lock || !loaded.lock_path.exists();
     if changed {
-        store::write_atomic(&loaded.lock_path, new.render().as_bytes())?;
+        files::write_atomic(&loaded.lock_path, new.render().as_bytes(), PINS_MODE)?;
     }
     Ok(LockReport { resolved, kept, changed })
 }
@@ -102,7 +110,7 @@ pub async fn lock(
 async fn resolve_one(fetcher: &Fetcher, store: &Store, input: &Input) -> Result<Sha256, String> {
     if input.kind == InputKind::Image {
         let reference = input.reference.as_deref().unwrap_or_default();
-        return oci::resolve(fetcher, reference).await.map_err(|e: OciError| store::error_chain(&e));
+        return oci::resolve(fetcher, reference).await.map_err(|e: OciError| crate::report::error_chain(&e));
     }
     let tmp = store.root().join(".tmp").join(format!("lock.{}.{}", std::process::id(), fetcher.task_id()));
     let result = async {
@@ -112,7 +120,7 @@ async fn resolve_one(fetcher: &Fetcher, store: &Store, input: &Input) -> Result<
     }
     .await;
     let _ = std::fs::remove_file(&tmp);
-    result.map_err(|e| store::error_chain(&e))
+    result.map_err(|e| crate::report::error_chain(&e))
 }
 
 /// Moves a freshly hashed download into the store as its fixed-output entry.
@@ -126,11 +134,7 @@ async fn keep_as_entry(
 ) -> Result<(), FetchError> {
     if let Claim::Vacant(pending) = fetcher.claim(store, &EntryKey::Fixed(sha), name).await? {
         let dest = pending.dir().join(name);
-        std::fs::rename(file, &dest).map_err(|source| FetchError::Io {
-            op: "moving download into place",
-            path: dest,
-            source,
-        })?;
+        std::fs::rename(file, &dest).map_err(FileError::at("moving download into place", &dest))?;
         let mut outputs = Outputs::default();
         outputs.files.insert(name.to_owned(), OutputRecord { sha256: sha, size, executable: false });
         tokio::task::spawn_blocking(move || pending.commit(outputs)).await.expect("commit task panicked")?;

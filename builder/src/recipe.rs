@@ -49,20 +49,15 @@ use toml::Spanned;
 
 use crate::digest::Sha256;
 use crate::fetch::FileRequest;
+use crate::files::FileError;
 use crate::store::sanitize_name;
 
 /// Errors reading a recipe or lock.
 #[derive(Debug, thiserror::Error)]
 pub enum RecipeError {
     /// The file cannot be read.
-    #[error("reading `{}`", path.display())]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] FileError),
     /// TOML syntax or a bad value; the message carries line and column.
     #[error("{}{}", file_prefix(path), source.to_string().trim_end())]
     Parse {
@@ -506,7 +501,8 @@ pub struct LoadedRecipe {
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1
+    // Bytes, not `str`: an offset inside a character cannot panic.
+    text.as_bytes()[..offset.min(text.len())].iter().filter(|b| **b == b'\n').count() + 1
 }
 
 /// Parses a recipe and checks the rules between its fields.
@@ -643,13 +639,13 @@ pub fn lock_path_for(recipe: &Path) -> PathBuf {
 
 /// Reads a recipe and its lock (if any).
 pub fn load_recipe(path: &Path) -> Result<LoadedRecipe, RecipeError> {
-    let text = std::fs::read_to_string(path).map_err(|source| RecipeError::Read { path: path.to_owned(), source })?;
+    let text = std::fs::read_to_string(path).map_err(FileError::at("reading", path))?;
     let recipe = parse_recipe(&text).map_err(|e| e.with_path(path))?;
     let lock_path = lock_path_for(path);
     let lock = match std::fs::read_to_string(&lock_path) {
         Ok(t) => parse_lock(&t).map_err(|e| e.with_path(&lock_path))?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Lock::default(),
-        Err(source) => return Err(RecipeError::Read { path: lock_path, source }),
+        Err(e) => return Err(FileError::at("reading", &lock_path)(e).into()),
     };
     for f in &recipe.files {
         if let Some(src) = &f.source {

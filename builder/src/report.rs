@@ -1,5 +1,7 @@
-//! Progress reporting. Library code never prints: it calls a [`Reporter`], and the
-//! CLI decides how (progress bars on a terminal, nothing otherwise).
+//! Reporting. Library code never prints: it calls a [`Reporter`], and the CLI
+//! decides how (progress bars on a terminal, nothing otherwise). Errors that are
+//! collected rather than returned (one per failed input or URL) become one line
+//! each through [`error_chain`].
 
 use std::sync::Arc;
 
@@ -33,4 +35,16 @@ pub type SharedReporter = Arc<dyn Reporter>;
 /// A shared silent reporter.
 pub fn silent() -> SharedReporter {
     Arc::new(Silent)
+}
+
+/// Formats an error with its causes on one line (`error: cause: cause`).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }

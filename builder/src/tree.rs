@@ -6,12 +6,16 @@
 //! or small inline buffers. Memory therefore grows with the number of files, not
 //! with their size.
 //!
+//! Content is read through [`Sources`] (the builder's base disk and spill file)
+//! and file systems are written through a [`Sink`]: the tree itself does no I/O.
+//!
 //! Paths are resolved the way dpkg resolves them inside a chroot: symlinks met on
 //! the way (`/lib -> usr/lib` on a usr-merged system) are followed, absolute
 //! targets start again at the image root and `..` stops at the root, so nothing
 //! ever resolves outside the tree.
 
 use std::collections::BTreeMap;
+use std::io;
 use std::sync::Arc;
 
 /// Index of a node in the tree's arena.
@@ -20,6 +24,35 @@ pub type NodeId = usize;
 pub const ROOT: NodeId = 0;
 /// How many symlinks one lookup may follow (Linux's limit).
 const MAX_SYMLINKS: usize = 40;
+
+/// Where file contents come from: the numbered external sources of
+/// [`Piece::External`].
+pub trait Sources {
+    /// Fills `buf` from `source` at `offset`.
+    fn read_at(&mut self, source: u32, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+}
+
+/// Where a file system or disk goes. The target must read as zeros beforehand:
+/// [`Sink::write_nonzero`] skips blocks that are all zeros.
+pub trait Sink {
+    /// Writes `data` at byte `offset`.
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()>;
+
+    /// Writes `data` at byte `offset`, leaving out every 4 KiB block (counted
+    /// from `offset`) that is all zeros: the target reads as zeros there already,
+    /// and a sparse file stays sparse.
+    fn write_nonzero(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        for (i, block) in data.chunks(ZERO_BLOCK).enumerate() {
+            if !crate::format::is_zero(block) {
+                self.write_at(offset + (i * ZERO_BLOCK) as u64, block)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The granularity of [`Sink::write_nonzero`].
+const ZERO_BLOCK: usize = 4096;
 
 /// One piece of a file's content.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,6 +106,28 @@ impl Data {
             return Data::default();
         }
         Data { size: len, pieces: vec![(0, Piece::External { source, offset, len })] }
+    }
+
+    /// Fills `buf` with the bytes at `offset` (zeros where no piece is).
+    pub fn read_at(&self, offset: u64, buf: &mut [u8], sources: &mut dyn Sources) -> io::Result<()> {
+        buf.fill(0);
+        let end = offset + buf.len() as u64;
+        for (at, piece) in &self.pieces {
+            let (p_start, p_end) = (*at, *at + piece.len());
+            if p_end <= offset || p_start >= end {
+                continue;
+            }
+            let from = p_start.max(offset);
+            let to = p_end.min(end);
+            let dst = &mut buf[(from - offset) as usize..(to - offset) as usize];
+            match piece {
+                Piece::Inline(b) => dst.copy_from_slice(&b[(from - p_start) as usize..(to - p_start) as usize]),
+                Piece::External { source, offset: src_off, .. } => {
+                    sources.read_at(*source, src_off + (from - p_start), dst)?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -238,6 +293,16 @@ impl Tree {
         let mut budget = MAX_SYMLINKS;
         let dir = self.walk(ROOT, dirs, path, &mut budget)?;
         self.step(dir, last, path, follow_last, &mut budget)
+    }
+
+    /// The whole content of the regular file at `path` (symlinks followed);
+    /// `None` if there is none or a source cannot be read.
+    pub fn read_file(&self, path: &[u8], sources: &mut dyn Sources) -> Option<Vec<u8>> {
+        let id = self.lookup(path, true).ok()?;
+        let Kind::File(data) = &self.node(id).kind else { return None };
+        let mut out = vec![0u8; data.size as usize];
+        data.read_at(0, &mut out, sources).ok()?;
+        Some(out)
     }
 
     /// Walks directory components from `start`.

@@ -8,8 +8,8 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::process::Command;
 
-use hearth_builder::format::ext4::write::{Options, Sink, Sources, plan, write};
-use hearth_builder::tree::{Data, Kind, Meta, Node, Tree};
+use hearth_builder::format::ext4::write::{Options, plan, write};
+use hearth_builder::tree::{Data, Kind, Meta, Node, Sink, Sources, Tree};
 
 struct FileSink(File);
 impl Sink for FileSink {
@@ -105,7 +105,7 @@ fn e2fsck_accepts_and_debugfs_reads_back() {
     let img = dir.path().join("root.ext4");
     let f = File::create(&img).unwrap();
     f.set_len(plan.bytes()).unwrap();
-    write(&plan, &mut Pattern, &mut FileSink(f)).unwrap();
+    write(&plan, &mut Pattern, &mut FileSink(f), &img).unwrap();
     let img_s = img.to_str().unwrap();
 
     let fsck = Command::new("e2fsck").args(["-fn", img_s]).output().unwrap();
@@ -156,7 +156,7 @@ fn same_tree_same_bytes() {
         let img = dir.path().join("a");
         let f = File::create(&img).unwrap();
         f.set_len(p.bytes()).unwrap();
-        write(&p, &mut Pattern, &mut FileSink(f)).unwrap();
+        write(&p, &mut Pattern, &mut FileSink(f), &img).unwrap();
         std::fs::read(&img).unwrap()
     };
     assert!(render() == render());
@@ -183,7 +183,7 @@ fn many_groups_and_a_file_spanning_them() {
     let img = dir.path().join("big.ext4");
     let f = File::create(&img).unwrap();
     f.set_len(plan.bytes()).unwrap();
-    write(&plan, &mut Pattern, &mut FileSink(f)).unwrap();
+    write(&plan, &mut Pattern, &mut FileSink(f), &img).unwrap();
     let img_s = img.to_str().unwrap();
     let fsck = Command::new("e2fsck").args(["-fn", img_s]).output().unwrap();
     let report = format!("{}{}", String::from_utf8_lossy(&fsck.stdout), String::from_utf8_lossy(&fsck.stderr));

@@ -10,8 +10,8 @@ use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::process::Command;
 
 use hearth_builder::format::ext4::read::read_tree;
-use hearth_builder::format::ext4::write::{Options, Sink, Sources, plan, write};
-use hearth_builder::tree::{Data, Kind, Meta, Node, Piece, Tree};
+use hearth_builder::format::ext4::write::{Options, plan, write};
+use hearth_builder::tree::{Data, Kind, Meta, Node, Piece, Sink, Sources, Tree};
 
 struct FileSink(File);
 impl Sink for FileSink {
@@ -144,7 +144,7 @@ fn written_then_read_is_the_same_tree() {
             unreachable!("all content is inline")
         }
     }
-    write(&p, &mut NoSources, &mut FileSink(f)).unwrap();
+    write(&p, &mut NoSources, &mut FileSink(f), &img).unwrap();
     let f = File::open(&img).unwrap();
     let (back, info) = read_tree(&mut File::open(&img).unwrap(), 0, 0).unwrap();
     assert_eq!((info.label.as_slice(), info.uuid, info.hash_seed), (&b"rt"[..], [9; 16], [8; 16]));

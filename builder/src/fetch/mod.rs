@@ -27,8 +27,9 @@ use reqwest::header::{AUTHORIZATION, CONTENT_RANGE, RANGE};
 use tokio::time::Instant;
 
 use crate::digest::{Hasher, Sha256};
+use crate::files::{self, FileError};
 use crate::report::SharedReporter;
-use crate::store::{self, Claim, EntryKey, OutputRecord, Outputs, Store, StoreError, StorePath};
+use crate::store::{Claim, EntryKey, OutputRecord, Outputs, Store, StoreError, StorePath};
 use mirrors::Mirrors;
 
 /// Channel depth between the network task and the writer/hasher threads.
@@ -125,17 +126,9 @@ pub enum FetchError {
     /// A URL hearth cannot fetch.
     #[error("unsupported URL `{0}` (use http://, https:// or file://)")]
     Scheme(String),
-    /// A local file error.
-    #[error("{op} `{}`", path.display())]
-    Io {
-        /// What was done.
-        op: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: io::Error,
-    },
+    /// A local file operation failed.
+    #[error(transparent)]
+    File(#[from] FileError),
     /// Every candidate URL failed.
     #[error("could not fetch `{label}` ({pin}):\n  {}", failures.join("\n  "))]
     AllFailed {
@@ -189,10 +182,6 @@ impl FetchError {
             _ => false,
         }
     }
-}
-
-fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> FetchError + 'a {
-    move |source| FetchError::Io { op, path: path.to_owned(), source }
 }
 
 /// One pinned download.
@@ -300,7 +289,7 @@ impl Fetcher {
         let dl = Download { label: req.name.clone(), urls: req.urls.clone(), sha256: req.sha256, bearer: None };
         let size = self.download(&dl, &partial).await?;
         let dest = pending.dir().join(&req.name);
-        fs::rename(&partial, &dest).map_err(io_err("moving download into place", &dest))?;
+        fs::rename(&partial, &dest).map_err(FileError::at("moving download into place", &dest))?;
         let mut outputs = Outputs::default();
         outputs.files.insert(req.name.clone(), OutputRecord { sha256: req.sha256, size, executable: false });
         let path = tokio::task::spawn_blocking(move || pending.commit(outputs)).await.expect("commit task panicked")?;
@@ -365,14 +354,14 @@ impl Fetcher {
                             let wait = backoff(self.opts.retry_base, attempt);
                             self.reporter.note(&format!(
                                 "{} (try {attempt} of {}), retrying in {:.1} s",
-                                store::error_chain(&e),
+                                crate::report::error_chain(&e),
                                 self.opts.attempts,
                                 wait.as_secs_f64()
                             ));
                             tokio::time::sleep(wait).await;
                             continue;
                         }
-                        failures.push(store::error_chain(&e).replace('\n', "\n    "));
+                        failures.push(crate::report::error_chain(&e).replace('\n', "\n    "));
                         break;
                     }
                 }
@@ -445,7 +434,7 @@ impl Fetcher {
             .truncate(offset == 0)
             .append(offset > 0)
             .open(partial)
-            .map_err(io_err("opening", partial))?;
+            .map_err(FileError::at("opening", partial))?;
         let sink = Sink::start(file, hasher, partial.to_owned());
 
         let mut stream = resp.bytes_stream();
@@ -506,7 +495,7 @@ impl Fetcher {
         started: &mut bool,
     ) -> Result<(Sha256, u64), FetchError> {
         let src = parsed.to_file_path().map_err(|_| FetchError::Scheme(url.to_owned()))?;
-        let size = fs::metadata(&src).map_err(io_err("reading", &src))?.len();
+        let size = fs::metadata(&src).map_err(FileError::at("reading", &src))?.len();
         if !*started {
             self.reporter.fetch_start(id, dl.label, Some(size));
             self.reporter.total_grow(size);
@@ -514,7 +503,7 @@ impl Fetcher {
         }
         let dest = partial.to_owned();
         let (actual, size) =
-            tokio::task::spawn_blocking(move || store::copy_hashing(&src, &dest)).await.expect("copy task panicked")?;
+            tokio::task::spawn_blocking(move || files::copy_hashing(&src, &dest)).await.expect("copy task panicked")?;
         self.reporter.fetch_progress(id, size);
         check_digest(url, dl.expected, actual)?;
         Ok((actual, size))
@@ -559,11 +548,11 @@ fn range_start(resp: &reqwest::Response) -> Option<u64> {
 async fn hash_prefix(path: &Path) -> Result<Hasher, FetchError> {
     let path = path.to_owned();
     tokio::task::spawn_blocking(move || {
-        let mut f = File::open(&path).map_err(io_err("reading", &path))?;
+        let mut f = File::open(&path).map_err(FileError::at("reading", &path))?;
         let mut h = Hasher::new();
         let mut buf = vec![0u8; crate::digest::HASH_BUF_SIZE];
         loop {
-            let n = io::Read::read(&mut f, &mut buf).map_err(io_err("reading", &path))?;
+            let n = io::Read::read(&mut f, &mut buf).map_err(FileError::at("reading", &path))?;
             if n == 0 {
                 break Ok(h);
             }
@@ -592,9 +581,10 @@ impl Sink {
         let (to_hasher, mut hrx) = tokio::sync::mpsc::channel::<Bytes>(PIPE_DEPTH);
         let writer = std::thread::spawn(move || {
             while let Some(chunk) = wrx.blocking_recv() {
-                file.write_all(&chunk).map_err(io_err("writing", &path))?;
+                file.write_all(&chunk).map_err(FileError::at("writing", &path))?;
             }
-            file.flush().map_err(io_err("writing", &path))
+            file.flush().map_err(FileError::at("writing", &path))?;
+            Ok(())
         });
         let hasher = std::thread::spawn(move || {
             while let Some(chunk) = hrx.blocking_recv() {

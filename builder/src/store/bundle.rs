@@ -16,8 +16,9 @@ use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Component, Path, PathBuf};
 
-use super::{MANIFEST_FILE, Manifest, Store, StoreError, StorePath, TMP_DIR, check_identity, io_err, remove_tree};
+use super::{MANIFEST_FILE, Manifest, Store, StoreError, StorePath, TMP_DIR, check_identity};
 use crate::digest::{Hasher, Sha256};
+use crate::files::{FileError, PathReader, remove_tree, sync_dir};
 
 const MARKER: &str = "hearth-bundle";
 const MARKER_HEADER: &str = "hearth bundle 1\n";
@@ -28,6 +29,9 @@ pub enum BundleError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A file of an entry or of the staging directory.
+    #[error(transparent)]
+    File(#[from] FileError),
     /// The tar stream failed.
     #[error("{op} bundle")]
     Tar {
@@ -57,8 +61,13 @@ pub struct ImportSummary {
     pub present: Vec<StorePath>,
 }
 
+/// A failure of the tar stream, unless it carries a [`FileError`] (an entry's
+/// file that could not be read while it was copied in).
 fn tar_err(op: &'static str) -> impl FnOnce(io::Error) -> BundleError {
-    move |source| BundleError::Tar { op, source }
+    move |e| match e.downcast::<FileError>() {
+        Ok(file) => BundleError::File(file),
+        Err(source) => BundleError::Tar { op, source },
+    }
 }
 
 fn header(path: &str, size: u64, mode: u32, kind: tar::EntryType) -> io::Result<tar::Header> {
@@ -90,8 +99,8 @@ pub(super) fn export(store: &Store, paths: &[StorePath], out: impl Write) -> Res
         files.extend(manifest.outputs.iter().map(|(k, v)| (k.clone(), v.executable)));
         for (rel, exec) in files {
             let src = dir.join(&rel);
-            let f = File::open(&src).map_err(io_err("reading", &src))?;
-            let size = f.metadata().map_err(io_err("reading", &src))?.len();
+            let f = PathReader::open(&src)?;
+            let size = f.size()?;
             let mode = if exec { 0o555 } else { 0o444 };
             let mut h =
                 header(&format!("{p}/{rel}"), size, mode, tar::EntryType::Regular).map_err(tar_err("writing"))?;
@@ -136,7 +145,7 @@ impl Drop for Staged {
 pub(super) fn import(store: &Store, input: impl Read) -> Result<ImportSummary, BundleError> {
     let staging = Staged { dir: store.root.join(TMP_DIR).join(format!("import.{}", std::process::id())) };
     remove_tree(&staging.dir)?;
-    fs::create_dir_all(&staging.dir).map_err(io_err("creating", &staging.dir))?;
+    fs::create_dir_all(&staging.dir).map_err(FileError::at("creating", &staging.dir))?;
 
     let mut archive = tar::Archive::new(input);
     let mut listed: Option<Vec<StorePath>> = None;
@@ -163,9 +172,9 @@ pub(super) fn import(store: &Store, input: impl Read) -> Result<ImportSummary, B
         let (entry, rel) = split_member(&name).ok_or_else(|| BundleError::BadMember(name.display().to_string()))?;
         let dest = staging.dir.join(entry.to_string()).join(&rel);
         if let Some(parent) = dest.parent() {
-            fs::create_dir_all(parent).map_err(io_err("creating", parent))?;
+            fs::create_dir_all(parent).map_err(FileError::at("creating", parent))?;
         }
-        let mut out = File::create(&dest).map_err(io_err("writing", &dest))?;
+        let mut out = File::create(&dest).map_err(FileError::at("writing", &dest))?;
         let mut hasher = Hasher::new();
         let mut buf = vec![0u8; crate::digest::HASH_BUF_SIZE];
         loop {
@@ -174,7 +183,7 @@ pub(super) fn import(store: &Store, input: impl Read) -> Result<ImportSummary, B
                 break;
             }
             hasher.update(&buf[..n]);
-            out.write_all(&buf[..n]).map_err(io_err("writing", &dest))?;
+            out.write_all(&buf[..n]).map_err(FileError::at("writing", &dest))?;
         }
         let (d, size) = hasher.finish();
         seen.entry(entry).or_default().insert(rel, (d, size));
@@ -234,7 +243,7 @@ pub(super) fn import(store: &Store, input: impl Read) -> Result<ImportSummary, B
 
     let mut summary = ImportSummary::default();
     for (entry, manifest) in manifests {
-        let _lock = store.lock(entry.hash(), || {})?;
+        let _guard = store.guard(entry.hash(), || {})?;
         if store.entry_dir(&entry).exists() {
             summary.present.push(entry);
             continue;
@@ -242,11 +251,11 @@ pub(super) fn import(store: &Store, input: impl Read) -> Result<ImportSummary, B
         let dir = staging.dir.join(entry.to_string());
         super::seal(&dir, &manifest)?;
         let dest = store.entry_dir(&entry);
-        fs::rename(&dir, &dest).map_err(io_err("moving entry into place", &dest))?;
+        fs::rename(&dir, &dest).map_err(FileError::at("moving entry into place", &dest))?;
         super::finish_seal(&dest)?;
         summary.added.push(entry);
     }
-    super::sync_dir(&store.root)?;
+    sync_dir(&store.root)?;
     Ok(summary)
 }
 

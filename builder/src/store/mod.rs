@@ -8,32 +8,38 @@
 //!   the next time that entry is made) or a resumable download under `.partial`,
 //!   never a half entry.
 //! - One lock file per hash part under `STORE/.locks` serialises the processes that
-//!   want the same entry, so an input is downloaded or built once.
+//!   want the same entry (its holder has the [`EntryGuard`]), so an input is
+//!   downloaded or built once.
 //! - The hash part is derived from the entry's key (see [`EntryKey`]): fixed-output
 //!   entries from the pinned sha256 alone (the same bytes from any URL are the same
 //!   entry), derived entries from a canonical hash of everything that went in.
 //! - Roots live in `STORE/.roots`; `gc` keeps their closure (via each manifest's
 //!   `references`) and removes the rest.
+//!
+//! Here: the store, claiming and committing entries, sealing, verifying. Entry
+//! names are in `path`, manifests and their checks in `manifest`, roots and
+//! collection in `gc`, bundles in `bundle`.
 
 mod bundle;
+mod gc;
+mod manifest;
+mod path;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fmt;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
-use crate::digest::{self, Sha256};
+use crate::digest::Sha256;
+use crate::files::{self, FileError, remove_tree, sync_dir};
 
 pub use bundle::{BundleError, ImportSummary};
-
-/// Version of the manifest layout; part of every derived key.
-pub const MANIFEST_FORMAT: u32 = 1;
-/// File name of an entry's manifest.
-pub const MANIFEST_FILE: &str = "manifest.json";
+pub use gc::GcReport;
+pub use manifest::{MANIFEST_FILE, MANIFEST_FORMAT, Manifest, OutputRecord, Outputs};
+use manifest::{check_identity, verify_tree};
+pub use path::{EntryKey, StorePath, check_name, sanitize_name};
 
 const TMP_DIR: &str = ".tmp";
 const LOCK_DIR: &str = ".locks";
@@ -43,17 +49,9 @@ const ROOTS_DIR: &str = ".roots";
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// A file-system operation failed.
-    #[error("{op} `{}`", path.display())]
-    Io {
-        /// What was being done.
-        op: &'static str,
-        /// The path involved.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: io::Error,
-    },
+    /// A file operation failed.
+    #[error(transparent)]
+    File(#[from] FileError),
     /// An argument that is not a store entry.
     #[error("`{0}` is not a store entry name (expected `<32-char hash>-<name>`)")]
     BadEntryName(String),
@@ -86,150 +84,6 @@ pub enum StoreError {
 
 type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
-    move |source| StoreError::Io { op, path: path.to_owned(), source }
-}
-
-/// What an entry's hash part is derived from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum EntryKey {
-    /// A download pinned by the sha256 of its bytes.
-    Fixed(Sha256),
-    /// An OCI image pinned by the digest of its manifest or index, for a platform.
-    Oci {
-        /// The pinned digest.
-        digest: Sha256,
-        /// `os/arch`.
-        platform: String,
-    },
-    /// Anything built: the sha256 of a canonical description of all inputs.
-    Derived(Sha256),
-}
-
-impl EntryKey {
-    /// The key as the text that is hashed.
-    pub fn canonical(&self) -> String {
-        match self {
-            EntryKey::Fixed(d) => format!("fixed:sha256:{d}"),
-            EntryKey::Oci { digest, platform } => format!("oci:sha256:{digest}:{platform}"),
-            EntryKey::Derived(d) => format!("derived:v{MANIFEST_FORMAT}:sha256:{d}"),
-        }
-    }
-    /// The 32-character hash part of the entry's path.
-    pub fn hash_part(&self) -> String {
-        digest::store_hash_part(&self.canonical())
-    }
-}
-
-/// The name of an entry: `<hash>-<name>`.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
-pub struct StorePath {
-    hash: String,
-    name: String,
-}
-
-impl StorePath {
-    /// Parses `<hash>-<name>`, or a path whose last component is that.
-    pub fn parse(text: &str) -> Result<Self> {
-        let base = Path::new(text.trim_end_matches('/'))
-            .file_name()
-            .and_then(|s| s.to_str())
-            .ok_or_else(|| StoreError::BadEntryName(text.to_owned()))?;
-        let (hash, name) = base.split_once('-').ok_or_else(|| StoreError::BadEntryName(text.to_owned()))?;
-        let hash_ok = hash.len() == 32 && hash.bytes().all(|b| b"0123456789abcdfghijklmnpqrsvwxyz".contains(&b));
-        if !hash_ok || check_name(name).is_err() {
-            return Err(StoreError::BadEntryName(text.to_owned()));
-        }
-        Ok(StorePath { hash: hash.to_owned(), name: name.to_owned() })
-    }
-    /// The hash part.
-    pub fn hash(&self) -> &str {
-        &self.hash
-    }
-    /// The human part.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-}
-
-impl fmt::Display for StorePath {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.hash, self.name)
-    }
-}
-
-/// Checks that a name may be used in a store path (Nix's rule).
-pub fn check_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 200
-        && !name.starts_with('.')
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-._?=".contains(&b));
-    if ok { Ok(()) } else { Err(StoreError::BadName(name.to_owned())) }
-}
-
-/// Turns arbitrary text (a URL's last segment, an image reference) into a valid name.
-pub fn sanitize_name(text: &str) -> String {
-    let mut out: String =
-        text.chars().map(|c| if c.is_ascii_alphanumeric() || "+-._?=".contains(c) { c } else { '_' }).collect();
-    while out.starts_with('.') {
-        out.remove(0);
-    }
-    out.truncate(200);
-    if out.is_empty() { "unnamed".to_owned() } else { out }
-}
-
-/// One output file of an entry.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OutputRecord {
-    /// Digest of the file.
-    pub sha256: Sha256,
-    /// Size in bytes.
-    pub size: u64,
-    /// Whether the file is executable (mode 0555 instead of 0444).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub executable: bool,
-}
-
-/// The `manifest.json` of an entry. Serialised with sorted maps, so its bytes are a
-/// function of its content.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Manifest {
-    /// [`MANIFEST_FORMAT`].
-    pub format: u32,
-    /// The key text the hash part comes from (see [`EntryKey::canonical`]).
-    pub key: String,
-    /// The entry's name part.
-    pub name: String,
-    /// Every output file, by path relative to the entry.
-    pub outputs: BTreeMap<String, OutputRecord>,
-    /// Entries this one refers to (its closure is these plus theirs).
-    #[serde(default)]
-    pub references: BTreeSet<String>,
-    /// Free-form, deterministic facts about the entry (e.g. the image reference).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub info: BTreeMap<String, String>,
-}
-
-impl Manifest {
-    /// Canonical bytes (pretty JSON, sorted keys, trailing newline).
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let mut v = serde_json::to_vec_pretty(self).expect("manifest serialises");
-        v.push(b'\n');
-        v
-    }
-}
-
-/// What a build step hands back to [`Store::ensure`].
-#[derive(Default, Debug)]
-pub struct Outputs {
-    /// Files written into the temporary directory, with their digests.
-    pub files: BTreeMap<String, OutputRecord>,
-    /// Entries referred to.
-    pub references: BTreeSet<String>,
-    /// Extra manifest facts.
-    pub info: BTreeMap<String, String>,
-}
-
 /// The answer of [`Store::claim`].
 pub enum Claim {
     /// The entry exists.
@@ -238,13 +92,13 @@ pub enum Claim {
     Vacant(Pending),
 }
 
-/// An entry being made: holds its lock and its temporary directory.
+/// An entry being made: holds its guard and its temporary directory.
 pub struct Pending {
     store: Store,
     key: EntryKey,
     path: StorePath,
     tmp: PathBuf,
-    _lock: EntryLock,
+    _guard: EntryGuard,
     committed: bool,
 }
 
@@ -281,18 +135,10 @@ impl Drop for Pending {
     }
 }
 
-/// An exclusive lock on one hash part, released on drop.
-pub struct EntryLock {
+/// The exclusive right to make or remove the entry of one hash part: a lock on
+/// its file under `STORE/.locks`, released on drop.
+pub struct EntryGuard {
     _file: File,
-}
-
-/// What [`Store::gc`] removed (or would remove).
-#[derive(Debug, Default)]
-pub struct GcReport {
-    /// Entries no root keeps.
-    pub entries: Vec<StorePath>,
-    /// Partial downloads and temporary directories nobody owns.
-    pub debris: Vec<PathBuf>,
 }
 
 /// A problem found by [`Store::verify`].
@@ -322,9 +168,9 @@ impl Store {
         let root = root.into();
         for sub in [TMP_DIR, LOCK_DIR, PARTIAL_DIR, ROOTS_DIR] {
             let p = root.join(sub);
-            fs::create_dir_all(&p).map_err(io_err("creating store directory", &p))?;
+            fs::create_dir_all(&p).map_err(FileError::at("creating store directory", &p))?;
         }
-        let root = root.canonicalize().map_err(io_err("resolving store directory", &root))?;
+        let root = root.canonicalize().map_err(FileError::at("resolving store directory", &root))?;
         Ok(Store { root })
     }
 
@@ -353,7 +199,7 @@ impl Store {
             || {},
             |dir| {
                 let dest = dir.join(name);
-                let (actual, size) = copy_hashing(file, &dest)?;
+                let (actual, size) = files::copy_hashing(file, &dest)?;
                 if actual != expected {
                     return Err(StoreError::HashMismatch { path: file.to_owned(), expected, actual });
                 }
@@ -367,8 +213,8 @@ impl Store {
     /// Every entry, sorted.
     pub fn list(&self) -> Result<Vec<StorePath>> {
         let mut out = Vec::new();
-        for item in fs::read_dir(&self.root).map_err(io_err("reading store", &self.root))? {
-            let item = item.map_err(io_err("reading store", &self.root))?;
+        for item in fs::read_dir(&self.root).map_err(FileError::at("reading store", &self.root))? {
+            let item = item.map_err(FileError::at("reading store", &self.root))?;
             let name = item.file_name();
             let Some(name) = name.to_str() else { continue };
             if name.starts_with('.') {
@@ -395,7 +241,7 @@ impl Store {
             if e.kind() == io::ErrorKind::NotFound && !self.entry_dir(path).exists() {
                 StoreError::Missing(path.to_string())
             } else {
-                StoreError::Io { op: "reading manifest", path: file.clone(), source: e }
+                FileError::at("reading manifest", &file)(e).into()
             }
         })?;
         serde_json::from_slice(&bytes).map_err(|source| StoreError::BadManifest { entry: path.to_string(), source })
@@ -414,32 +260,42 @@ impl Store {
         found.ok_or_else(|| StoreError::Missing(text.to_owned()))
     }
 
-    /// The lock file of a hash part (created if missing; never deleted, so that
-    /// two processes always lock the same inode).
-    fn lock_file(&self, hash: &str) -> Result<(File, PathBuf)> {
+    /// The lock file behind a hash part's guard (created if missing; never
+    /// deleted, so that two processes always lock the same inode).
+    fn guard_file(&self, hash: &str) -> Result<(File, PathBuf)> {
         let path = self.root.join(LOCK_DIR).join(format!("{hash}.lock"));
         let file = File::options()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&path)
-            .map_err(io_err("opening lock", &path))?;
+            .map_err(FileError::at("opening lock", &path))?;
         Ok((file, path))
     }
 
-    /// Takes the lock for a hash part, blocking; `on_wait` is called once if another
-    /// process holds it.
-    pub fn lock(&self, hash: &str, on_wait: impl FnOnce()) -> Result<EntryLock> {
-        let (file, path) = self.lock_file(hash)?;
+    /// Takes the guard of a hash part, blocking; `on_wait` is called once if
+    /// another process holds it.
+    pub fn guard(&self, hash: &str, on_wait: impl FnOnce()) -> Result<EntryGuard> {
+        let (file, path) = self.guard_file(hash)?;
         match file.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => {
                 on_wait();
-                file.lock().map_err(io_err("waiting for lock", &path))?;
+                file.lock().map_err(FileError::at("waiting for lock", &path))?;
             }
-            Err(fs::TryLockError::Error(e)) => return Err(io_err("taking lock", &path)(e)),
+            Err(fs::TryLockError::Error(e)) => return Err(FileError::at("taking lock", &path)(e).into()),
         }
-        Ok(EntryLock { _file: file })
+        Ok(EntryGuard { _file: file })
+    }
+
+    /// The guard of a hash part if nobody holds it, without waiting.
+    pub fn try_guard(&self, hash: &str) -> Result<Option<EntryGuard>> {
+        let (file, path) = self.guard_file(hash)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(EntryGuard { _file: file })),
+            Err(fs::TryLockError::WouldBlock) => Ok(None),
+            Err(fs::TryLockError::Error(e)) => Err(FileError::at("taking lock", &path)(e).into()),
+        }
     }
 
     /// Returns the entry for `key`, creating it with `build` if it does not exist.
@@ -473,7 +329,7 @@ impl Store {
             return Ok(Claim::Present(p));
         }
         let hash = key.hash_part();
-        let lock = self.lock(&hash, on_wait)?;
+        let guard = self.guard(&hash, on_wait)?;
         if let Some(p) = self.lookup(key)? {
             return Ok(Claim::Present(p));
         }
@@ -483,7 +339,7 @@ impl Store {
             key: key.clone(),
             path: StorePath { hash, name: name.to_owned() },
             tmp,
-            _lock: lock,
+            _guard: guard,
             committed: false,
         }))
     }
@@ -492,26 +348,26 @@ impl Store {
     /// crashed attempt at the same hash is removed first (the caller holds its lock).
     fn fresh_tmp(&self, hash: &str, name: &str) -> Result<PathBuf> {
         let tmp_root = self.root.join(TMP_DIR);
-        for item in fs::read_dir(&tmp_root).map_err(io_err("reading", &tmp_root))? {
-            let item = item.map_err(io_err("reading", &tmp_root))?;
+        for item in fs::read_dir(&tmp_root).map_err(FileError::at("reading", &tmp_root))? {
+            let item = item.map_err(FileError::at("reading", &tmp_root))?;
             if item.file_name().to_string_lossy().starts_with(&format!("{hash}-")) {
                 remove_tree(&item.path())?;
             }
         }
         let tmp = tmp_root.join(format!("{hash}-{name}.{}", std::process::id()));
-        fs::create_dir(&tmp).map_err(io_err("creating", &tmp))?;
+        fs::create_dir(&tmp).map_err(FileError::at("creating", &tmp))?;
         Ok(tmp)
     }
 
     /// Writes the manifest, seals the tree read-only and renames it into place.
     fn commit(&self, tmp: &Path, path: &StorePath, manifest: &Manifest) -> Result<()> {
         let mpath = tmp.join(MANIFEST_FILE);
-        let mut f = File::create(&mpath).map_err(io_err("writing", &mpath))?;
-        f.write_all(&manifest.to_bytes()).map_err(io_err("writing", &mpath))?;
+        let mut f = File::create(&mpath).map_err(FileError::at("writing", &mpath))?;
+        f.write_all(&manifest.to_bytes()).map_err(FileError::at("writing", &mpath))?;
         drop(f);
         seal(tmp, manifest)?;
         let dest = self.entry_dir(path);
-        fs::rename(tmp, &dest).map_err(io_err("moving entry into place", &dest))?;
+        fs::rename(tmp, &dest).map_err(FileError::at("moving entry into place", &dest))?;
         finish_seal(&dest)?;
         sync_dir(&self.root)?;
         Ok(())
@@ -532,7 +388,7 @@ impl Store {
         let manifest = match self.manifest(path) {
             Ok(m) => m,
             Err(e @ StoreError::Missing(_)) => return Err(e),
-            Err(e) => return Ok(vec![problem(error_chain(&e))]),
+            Err(e) => return Ok(vec![problem(crate::report::error_chain(&e))]),
         };
         verify_tree(&dir, &manifest, path).map(|v| v.into_iter().map(problem).collect())
     }
@@ -552,100 +408,6 @@ impl Store {
         Ok(seen)
     }
 
-    /// Records a root named `name` that keeps `paths` (and their closures) alive.
-    pub fn add_root(&self, name: &str, paths: &[StorePath]) -> Result<()> {
-        check_name(name)?;
-        let file = self.root.join(ROOTS_DIR).join(name);
-        let mut lines: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
-        lines.sort();
-        lines.dedup();
-        let body = lines.iter().map(|l| format!("{l}\n")).collect::<String>();
-        write_atomic(&file, body.as_bytes())
-    }
-
-    /// Removes the root named `name`, if there is one.
-    pub fn remove_root(&self, name: &str) -> Result<()> {
-        check_name(name)?;
-        let file = self.root.join(ROOTS_DIR).join(name);
-        match fs::remove_file(&file) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err("removing root", &file)(e)),
-            _ => Ok(()),
-        }
-    }
-
-    /// All roots with the entries they name.
-    pub fn roots(&self) -> Result<BTreeMap<String, Vec<StorePath>>> {
-        let dir = self.root.join(ROOTS_DIR);
-        let mut out = BTreeMap::new();
-        for item in fs::read_dir(&dir).map_err(io_err("reading", &dir))? {
-            let item = item.map_err(io_err("reading", &dir))?;
-            let name = item.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') {
-                continue;
-            }
-            let body = fs::read_to_string(item.path()).map_err(io_err("reading root", &item.path()))?;
-            let paths = body.lines().filter(|l| !l.is_empty()).filter_map(|l| StorePath::parse(l).ok());
-            out.insert(name, paths.collect());
-        }
-        Ok(out)
-    }
-
-    /// Removes every entry not in the closure of a root, and debris no running
-    /// process owns (interrupted downloads, temporary directories of crashed
-    /// builds). With `dry_run`, only reports.
-    pub fn gc(&self, dry_run: bool) -> Result<GcReport> {
-        let rooted: Vec<StorePath> =
-            self.roots()?.into_values().flatten().filter(|p| self.entry_dir(p).exists()).collect();
-        let live = self.closure(&rooted)?;
-        let mut report = GcReport::default();
-        for p in self.list()? {
-            if live.contains(&p) {
-                continue;
-            }
-            if !dry_run {
-                let _lock = self.lock(p.hash(), || {})?;
-                remove_tree(&self.entry_dir(&p))?;
-            }
-            report.entries.push(p);
-        }
-        for sub in [PARTIAL_DIR, TMP_DIR] {
-            let dir = self.root.join(sub);
-            for item in fs::read_dir(&dir).map_err(io_err("reading", &dir))? {
-                let item = item.map_err(io_err("reading", &dir))?;
-                let name = item.file_name().to_string_lossy().into_owned();
-                if let Some(_guard) = self.debris_guard(&name)? {
-                    if !dry_run {
-                        remove_tree(&item.path())?;
-                    }
-                    report.debris.push(item.path());
-                }
-            }
-        }
-        report.debris.sort();
-        Ok(report)
-    }
-
-    /// For a name under `.partial` or `.tmp`: `Some` (holding its owner's lock when
-    /// it has one) when no live process can be using it.
-    fn debris_guard(&self, name: &str) -> Result<Option<Option<EntryLock>>> {
-        // `<hash>-...`: owned by the holder of that hash part's lock.
-        if let Some((hash, _)) = name.split_once('-')
-            && hash.len() == 32
-        {
-            let (file, _) = self.lock_file(hash)?;
-            return match file.try_lock() {
-                Ok(()) => Ok(Some(Some(EntryLock { _file: file }))),
-                Err(_) => Ok(None),
-            };
-        }
-        // `import.<pid>`, `lock.<pid>.<n>`: owned by a process, if it still runs.
-        let pid = name.split('.').nth(1).and_then(|p| p.parse::<u32>().ok());
-        match pid {
-            Some(pid) if Path::new(&format!("/proc/{pid}")).exists() => Ok(None),
-            _ => Ok(Some(None)),
-        }
-    }
-
     /// Writes `paths` and their closure to a bundle (see [`bundle`]).
     pub fn export(&self, paths: &[StorePath], out: impl Write) -> Result<Vec<StorePath>, BundleError> {
         bundle::export(self, paths, out)
@@ -657,179 +419,39 @@ impl Store {
     }
 }
 
-/// Checks that a manifest belongs to the entry named `path`: the hash part must
-/// derive from the key, the names agree, and a fixed entry's single output carries
-/// the key's digest. Reads no file.
-pub(crate) fn check_identity(manifest: &Manifest, path: &StorePath) -> Vec<String> {
-    let mut problems = Vec::new();
-    if digest::store_hash_part(&manifest.key) != path.hash {
-        problems.push(format!("hash part does not derive from the manifest key `{}`", manifest.key));
-    }
-    if manifest.name != path.name {
-        problems.push(format!("manifest names `{}`", manifest.name));
-    }
-    if let Some(pinned) = manifest.key.strip_prefix("fixed:sha256:") {
-        let ok = manifest.outputs.len() == 1 && manifest.outputs.values().all(|o| o.sha256.hex() == pinned);
-        if !ok {
-            problems.push(format!("manifest outputs do not carry the pinned sha256 {pinned}"));
-        }
-    }
-    problems
-}
-
-/// [`check_identity`], then every file under `dir` against the manifest (missing,
-/// corrupt, or not listed).
-pub(crate) fn verify_tree(dir: &Path, manifest: &Manifest, path: &StorePath) -> Result<Vec<String>> {
-    let mut problems = check_identity(manifest, path);
-    let mut found = BTreeSet::new();
-    walk_files(dir, dir, &mut found)?;
-    found.remove(MANIFEST_FILE);
-    for (rel, rec) in &manifest.outputs {
-        let file = dir.join(rel);
-        if !found.remove(rel) {
-            problems.push(format!("`{rel}` is missing"));
-            continue;
-        }
-        let f = File::open(&file).map_err(io_err("opening", &file))?;
-        let (actual, size) = Sha256::of_reader(f).map_err(io_err("reading", &file))?;
-        if actual != rec.sha256 || size != rec.size {
-            problems.push(format!(
-                "`{rel}` is corrupt: expected sha256 {} ({} bytes), found {actual} ({size} bytes)",
-                rec.sha256, rec.size
-            ));
-        }
-    }
-    for extra in found {
-        problems.push(format!("`{extra}` is not in the manifest"));
-    }
-    Ok(problems)
-}
-
-fn walk_files(base: &Path, dir: &Path, out: &mut BTreeSet<String>) -> Result<()> {
-    for item in fs::read_dir(dir).map_err(io_err("reading", dir))? {
-        let item = item.map_err(io_err("reading", dir))?;
-        let ft = item.file_type().map_err(io_err("reading", &item.path()))?;
-        if ft.is_dir() {
-            walk_files(base, &item.path(), out)?;
-        } else {
-            let rel = item.path().strip_prefix(base).expect("under base").to_string_lossy().into_owned();
-            out.insert(rel);
-        }
-    }
-    Ok(())
-}
-
 /// Makes a finished tree read-only: files 0444 (0555 if executable), dirs 0555,
 /// and flushes every file to disk. The top directory itself stays writable: a
 /// directory is renamed into place only if its owner may write it (its `..`
 /// changes), so [`finish_seal`] closes it after the rename.
 fn seal(dir: &Path, manifest: &Manifest) -> Result<()> {
     fn walk(base: &Path, dir: &Path, manifest: &Manifest, top: bool) -> Result<()> {
-        for item in fs::read_dir(dir).map_err(io_err("reading", dir))? {
-            let item = item.map_err(io_err("reading", dir))?;
+        for item in fs::read_dir(dir).map_err(FileError::at("reading", dir))? {
+            let item = item.map_err(FileError::at("reading", dir))?;
             let p = item.path();
-            let ft = item.file_type().map_err(io_err("reading", &p))?;
+            let ft = item.file_type().map_err(FileError::at("reading", &p))?;
             if ft.is_dir() {
                 walk(base, &p, manifest, false)?;
                 continue;
             }
             let rel = p.strip_prefix(base).expect("under base").to_string_lossy().into_owned();
             let exec = manifest.outputs.get(&rel).is_some_and(|o| o.executable);
-            let f = File::open(&p).map_err(io_err("opening", &p))?;
-            f.sync_all().map_err(io_err("syncing", &p))?;
+            let f = File::open(&p).map_err(FileError::at("opening", &p))?;
+            f.sync_all().map_err(FileError::at("syncing", &p))?;
             let mode = if exec { 0o555 } else { 0o444 };
-            fs::set_permissions(&p, fs::Permissions::from_mode(mode)).map_err(io_err("sealing", &p))?;
+            fs::set_permissions(&p, fs::Permissions::from_mode(mode)).map_err(FileError::at("sealing", &p))?;
         }
         sync_dir(dir)?;
         if top {
             return Ok(());
         }
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o555)).map_err(io_err("sealing", dir))
+        Ok(fs::set_permissions(dir, fs::Permissions::from_mode(0o555)).map_err(FileError::at("sealing", dir))?)
     }
     walk(dir, dir, manifest, true)
 }
 
 /// Closes an entry's top directory once it is in place (see [`seal`]).
 fn finish_seal(dir: &Path) -> Result<()> {
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o555)).map_err(io_err("sealing", dir))
-}
-
-/// Removes a tree even if it was sealed read-only.
-pub(crate) fn remove_tree(path: &Path) -> Result<()> {
-    fn unseal(p: &Path) -> io::Result<()> {
-        let meta = fs::symlink_metadata(p)?;
-        if meta.is_dir() {
-            fs::set_permissions(p, fs::Permissions::from_mode(0o755))?;
-            for item in fs::read_dir(p)? {
-                unseal(&item?.path())?;
-            }
-        }
-        Ok(())
-    }
-    match fs::symlink_metadata(path) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(io_err("removing", path)(e)),
-        Ok(m) if !m.is_dir() => return fs::remove_file(path).map_err(io_err("removing", path)),
-        Ok(_) => {}
-    }
-    unseal(path).map_err(io_err("unsealing", path))?;
-    fs::remove_dir_all(path).map_err(io_err("removing", path))
-}
-
-fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|f| f.sync_all()).map_err(io_err("syncing directory", dir))
-}
-
-/// Copies `src` to a new file `dest`, returning the digest and size of the bytes.
-pub fn copy_hashing(src: &Path, dest: &Path) -> Result<(Sha256, u64)> {
-    use std::io::Read;
-    let mut input = File::open(src).map_err(io_err("opening", src))?;
-    let mut out = File::create(dest).map_err(io_err("creating", dest))?;
-    let mut hasher = digest::Hasher::new();
-    let mut buf = vec![0u8; digest::HASH_BUF_SIZE];
-    loop {
-        let n = match input.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(io_err("reading", src)(e)),
-        };
-        hasher.update(&buf[..n]);
-        out.write_all(&buf[..n]).map_err(io_err("writing", dest))?;
-    }
-    Ok(hasher.finish())
-}
-
-/// Writes a small file atomically (temporary sibling, fsync, rename).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp.{}",
-        path.file_name().map(|s| s.to_string_lossy()).unwrap_or_default(),
-        std::process::id()
-    ));
-    let mut f = File::create(&tmp).map_err(io_err("writing", &tmp))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(io_err("writing", &tmp))?;
-    fs::rename(&tmp, path).map_err(io_err("renaming into place", path))?;
-    sync_dir(dir)
-}
-
-/// Formats an error with its causes on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
-/// Records a finished regular file in `outputs`.
-pub fn record_file(path: &Path, sha256: Sha256, size: u64, executable: bool) -> (String, OutputRecord) {
-    let rel = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    (rel, OutputRecord { sha256, size, executable })
+    Ok(fs::set_permissions(dir, fs::Permissions::from_mode(0o555)).map_err(FileError::at("sealing", dir))?)
 }
 
 #[cfg(test)]
@@ -911,24 +533,12 @@ mod tests {
         let busy = store.partial_file(&busy_hash, &Sha256::of(b"y"));
         fs::write(&idle, b"x").unwrap();
         fs::write(&busy, b"y").unwrap();
-        let _held = store.lock(&busy_hash, || {}).unwrap();
+        let _held = store.guard(&busy_hash, || {}).unwrap();
         let dry = store.gc(true).unwrap();
         assert_eq!((dry.entries, dry.debris), (vec![a.clone()], vec![idle.clone()]));
         assert_eq!(store.list().unwrap().len(), 2);
         assert_eq!(store.gc(false).unwrap().entries, vec![a]);
         assert_eq!(store.list().unwrap(), vec![b]);
         assert!(!idle.exists() && busy.exists());
-    }
-
-    #[test]
-    fn store_path_parsing() {
-        let key = EntryKey::Fixed(Sha256::of(b""));
-        let text = format!("{}-foo.img", key.hash_part());
-        let p = StorePath::parse(&format!("/some/store/{text}/")).unwrap();
-        assert_eq!(p.to_string(), text);
-        assert!(StorePath::parse("nohash").is_err());
-        assert!(StorePath::parse(&format!("{}-", key.hash_part())).is_err());
-        assert!(check_name("../x").is_err());
-        assert_eq!(sanitize_name("registry.k8s.io/pause:3.9"), "registry.k8s.io_pause_3.9");
     }
 }

@@ -1,6 +1,7 @@
 //! The ext4 writer: [`plan`] lays out a [`Tree`] (inode numbers, directory
 //! blocks, extents, group geometry) and [`write`] emits it in block order through
-//! a [`Sink`], reading file contents from [`Sources`] as it goes.
+//! a [`Sink`], reading file contents from [`Sources`] as it goes (both defined
+//! with the tree).
 //!
 //! Layout: inode 2 is `/`, 8 the journal, 11 `/lost+found` (made if missing), the
 //! rest numbered from 12 in sorted depth-first order. Blocks are allocated
@@ -10,10 +11,11 @@
 //! `1..=last`. All times are the node's mtime clamped to the epoch.
 
 use std::collections::BTreeMap;
-use std::io;
+use std::path::Path;
 
 use super::*;
-use crate::tree::{Data, Kind, Meta, NodeId, Piece, ROOT, Tree};
+use crate::files::FileError;
+use crate::tree::{Data, Kind, Meta, NodeId, ROOT, Sink, Sources, Tree};
 
 /// Largest extent length for initialised extents.
 const MAX_EXTENT_LEN: u64 = 32768;
@@ -64,28 +66,10 @@ pub enum Ext4Error {
     /// A name longer than 255 bytes.
     #[error("name `{0}` is longer than 255 bytes")]
     NameTooLong(String),
-    /// Reading content or writing blocks failed.
-    #[error("{op}")]
-    Io {
-        /// What was being done.
-        op: String,
-        /// The cause.
-        #[source]
-        source: io::Error,
-    },
-}
-
-/// Where file contents come from.
-pub trait Sources {
-    /// Fills `buf` from `source` at `offset`.
-    fn read_at(&mut self, source: u32, offset: u64, buf: &mut [u8]) -> io::Result<()>;
-}
-
-/// Where the file system goes. The target must read as zeros beforehand: blocks
-/// that are all zeros are not written.
-pub trait Sink {
-    /// Writes `data` at byte `offset` of the file system.
-    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()>;
+    /// Reading content or writing blocks failed: a file in the image whose
+    /// content could not be read, or the target the file system goes to.
+    #[error(transparent)]
+    File(#[from] FileError),
 }
 
 /// One run of blocks of an inode.
@@ -766,46 +750,15 @@ fn descriptor_block(plan: &Plan, meta_group: u64) -> Vec<u8> {
     b
 }
 
-fn io_err(op: impl Into<String>) -> impl FnOnce(io::Error) -> Ext4Error {
-    let op = op.into();
-    move |source| Ext4Error::Io { op, source }
-}
-
-/// Fills `buf` with the bytes of `data` at `offset` (zeros where no piece is).
-fn fill(data: &Data, offset: u64, buf: &mut [u8], sources: &mut dyn Sources) -> io::Result<()> {
-    buf.fill(0);
-    let end = offset + buf.len() as u64;
-    for (at, piece) in &data.pieces {
-        let (p_start, p_end) = (*at, *at + piece.len());
-        if p_end <= offset || p_start >= end {
-            continue;
-        }
-        let from = p_start.max(offset);
-        let to = p_end.min(end);
-        let dst = &mut buf[(from - offset) as usize..(to - offset) as usize];
-        match piece {
-            Piece::Inline(b) => dst.copy_from_slice(&b[(from - p_start) as usize..(to - p_start) as usize]),
-            Piece::External { source, offset: src_off, .. } => {
-                sources.read_at(*source, src_off + (from - p_start), dst)?;
-            }
-        }
-    }
+fn write_nonzero(sink: &mut dyn Sink, target: &Path, offset: u64, data: &[u8]) -> Result<(), Ext4Error> {
+    // Zero blocks are left out: the target already reads as zeros.
+    sink.write_nonzero(offset, data).map_err(FileError::at("writing a block into", target))?;
     Ok(())
 }
 
-fn write_nonzero(sink: &mut dyn Sink, offset: u64, data: &[u8]) -> Result<(), Ext4Error> {
-    // Skip whole zero blocks: the target already reads as zeros.
-    for (i, block) in data.chunks(BLOCK as usize).enumerate() {
-        if !crate::format::is_zero(block) {
-            let at = offset + (i as u64) * BLOCK;
-            sink.write_at(at, block).map_err(io_err(format!("writing block at byte {at}")))?;
-        }
-    }
-    Ok(())
-}
-
-/// Writes the planned file system.
-pub fn write(plan: &Plan, sources: &mut dyn Sources, sink: &mut dyn Sink) -> Result<(), Ext4Error> {
+/// Writes the planned file system into `sink`; `target` names what the sink
+/// writes (for errors).
+pub fn write(plan: &Plan, sources: &mut dyn Sources, sink: &mut dyn Sink, target: &Path) -> Result<(), Ext4Error> {
     let geo = &plan.geo;
     let last_ino = u64::from(plan.last_inode());
     // Group metadata.
@@ -814,11 +767,11 @@ pub fn write(plan: &Plan, sources: &mut dyn Sources, sink: &mut dyn Sink) -> Res
         if has_super(g) {
             let sb = superblock(plan, g);
             let at = if g == 0 { 1024 } else { start };
-            sink.write_at(at, &sb).map_err(io_err("writing a superblock"))?;
+            sink.write_at(at, &sb).map_err(FileError::at("writing a superblock into", target))?;
         }
         if geo.has_gdt(g) {
             let at = (geo.group_start(g) + u64::from(has_super(g))) * BLOCK;
-            write_nonzero(sink, at, &descriptor_block(plan, g / DESC_PER_BLOCK))?;
+            write_nonzero(sink, target, at, &descriptor_block(plan, g / DESC_PER_BLOCK))?;
         }
         // Block bitmap: metadata, then the used prefix of the data area; bits
         // past the end of a short last group are set.
@@ -827,14 +780,14 @@ pub fn write(plan: &Plan, sources: &mut dyn Sources, sink: &mut dyn Sink) -> Res
         for bit in (0..used).chain(geo.group_len(g)..BLOCKS_PER_GROUP) {
             bb[(bit / 8) as usize] |= 1 << (bit % 8);
         }
-        write_nonzero(sink, geo.block_bitmap(g) * BLOCK, &bb)?;
+        write_nonzero(sink, target, geo.block_bitmap(g) * BLOCK, &bb)?;
         let mut ib = vec![0u8; BLOCK as usize];
         let first = g * geo.inodes_per_group + 1;
         let used_inodes = last_ino.saturating_sub(first - 1).min(geo.inodes_per_group);
         for bit in (0..used_inodes).chain(geo.inodes_per_group..BLOCK * 8) {
             ib[(bit / 8) as usize] |= 1 << (bit % 8);
         }
-        write_nonzero(sink, (geo.block_bitmap(g) + 1) * BLOCK, &ib)?;
+        write_nonzero(sink, target, (geo.block_bitmap(g) + 1) * BLOCK, &ib)?;
         // Inode table: only the records of used inodes.
         let table = (geo.block_bitmap(g) + 2) * BLOCK;
         let mut records = Vec::new();
@@ -845,28 +798,29 @@ pub fn write(plan: &Plan, sources: &mut dyn Sources, sink: &mut dyn Sink) -> Res
                 None => records.extend(std::iter::repeat_n(0u8, INODE_SIZE as usize)),
             }
         }
-        write_nonzero(sink, table, &records)?;
+        write_nonzero(sink, target, table, &records)?;
     }
     // Data, in inode (so mostly block) order.
     let mut buf = vec![0u8; CHUNK];
     for p in plan.inodes.iter().flatten() {
         let (_, leaves) = block_map(p);
         for (block, bytes) in leaves {
-            sink.write_at(block * BLOCK, &bytes).map_err(io_err("writing an extent leaf"))?;
+            sink.write_at(block * BLOCK, &bytes).map_err(FileError::at("writing an extent leaf into", target))?;
         }
         match &p.body {
-            Body::Dir(bytes) => write_extents(sink, &p.extents, |off, out| {
+            Body::Dir(bytes) => write_extents(sink, target, &p.extents, |off, out| {
                 out.copy_from_slice(&bytes[off as usize..off as usize + out.len()]);
-                Ok(())
             })?,
             Body::Symlink(t) if t.len() >= 60 => {
                 let mut block = vec![0u8; BLOCK as usize];
                 block[..t.len()].copy_from_slice(t);
-                sink.write_at(p.extents[0].physical * BLOCK, &block).map_err(io_err("writing a symlink"))?;
+                sink.write_at(p.extents[0].physical * BLOCK, &block)
+                    .map_err(FileError::at("writing a symlink into", target))?;
             }
             Body::Journal { blocks } => {
                 let js = journal_superblock(plan, *blocks);
-                sink.write_at(p.extents[0].physical * BLOCK, &js).map_err(io_err("writing the journal"))?;
+                sink.write_at(p.extents[0].physical * BLOCK, &js)
+                    .map_err(FileError::at("writing the journal into", target))?;
             }
             Body::File(data) => {
                 for e in &p.extents {
@@ -879,9 +833,9 @@ pub fn write(plan: &Plan, sources: &mut dyn Sources, sink: &mut dyn Sink) -> Res
                         }
                         let n = (total - done).min(CHUNK as u64).min(data.size - file_off) as usize;
                         let chunk = &mut buf[..n];
-                        fill(data, file_off, chunk, sources)
-                            .map_err(io_err(format!("reading the content of `{}`", p.path)))?;
-                        write_nonzero(sink, (e.physical * BLOCK) + done, chunk)?;
+                        data.read_at(file_off, chunk, sources)
+                            .map_err(FileError::at("reading the content of", Path::new(&p.path)))?;
+                        write_nonzero(sink, target, (e.physical * BLOCK) + done, chunk)?;
                         done += n as u64;
                     }
                 }
@@ -894,13 +848,14 @@ pub fn write(plan: &Plan, sources: &mut dyn Sources, sink: &mut dyn Sink) -> Res
 
 fn write_extents(
     sink: &mut dyn Sink,
+    target: &Path,
     extents: &[Extent],
-    mut content: impl FnMut(u64, &mut [u8]) -> io::Result<()>,
+    mut content: impl FnMut(u64, &mut [u8]),
 ) -> Result<(), Ext4Error> {
     for e in extents {
         let mut bytes = vec![0u8; (u64::from(e.len) * BLOCK) as usize];
-        content(u64::from(e.logical) * BLOCK, &mut bytes).map_err(io_err("rendering a directory"))?;
-        sink.write_at(e.physical * BLOCK, &bytes).map_err(io_err("writing a directory"))?;
+        content(u64::from(e.logical) * BLOCK, &mut bytes);
+        sink.write_at(e.physical * BLOCK, &bytes).map_err(FileError::at("writing a directory into", target))?;
     }
     Ok(())
 }
