@@ -47,21 +47,10 @@ pub enum LaunchError {
     /// The platform does not render or would not run offline.
     #[error(transparent)]
     Platform(#[from] platform::PlatformError),
-    /// A file.
-    #[error("{op} `{}`", path.display())]
-    Io {
-        /// What.
-        op: &'static str,
-        /// Which.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
 }
 
 fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> LaunchError + 'a {
-    move |source| LaunchError::Io { op, path: path.to_owned(), source }
+    move |source| FileError { op, path: path.to_owned(), source }.into()
 }
 
 /// The image a node boots: the store entry's files.

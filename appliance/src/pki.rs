@@ -15,7 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, PKCS_RSA_SHA256};
 use sha2::Digest as _;
 
-use crate::files::write_atomic;
+use crate::files::{FileError, write_atomic};
 
 /// The platform CA's common name.
 pub const PLATFORM_CA_NAME: &str = "hearth platform CA";
@@ -35,17 +35,6 @@ pub enum PkiError {
         #[source]
         source: rcgen::Error,
     },
-    /// A state file.
-    #[error("{op} `{}`", path.display())]
-    Io {
-        /// What.
-        op: &'static str,
-        /// Which file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
     /// A state file that does not parse.
     #[error("`{}` is damaged: {why}", path.display())]
     Damaged {
@@ -56,7 +45,7 @@ pub enum PkiError {
     },
     /// A PKI file.
     #[error(transparent)]
-    File(#[from] crate::files::FileError),
+    File(#[from] FileError),
     /// The system's random source.
     #[error("reading random bytes")]
     Random(#[from] getrandom::Error),
@@ -214,7 +203,7 @@ impl Pki {
             let path = state.join(rel);
             let io = |op| {
                 let path = path.clone();
-                move |source| PkiError::Io { op, path, source }
+                move |source| PkiError::from(FileError { op, path, source })
             };
             let dir = path.parent().expect("has a parent");
             fs::create_dir_all(dir).map_err(io("creating"))?;
@@ -227,7 +216,7 @@ impl Pki {
     fn load(state: &Path) -> Result<Pki, PkiError> {
         let read = |rel: &str| {
             let path = state.join(rel);
-            fs::read_to_string(&path).map_err(|source| PkiError::Io { op: "reading", path, source })
+            fs::read_to_string(&path).map_err(|source| PkiError::from(FileError { op: "reading", path, source }))
         };
         // State from before the platform CA existed gets one now, kept from then on.
         let platform_ca = if state.join("pki/platform-ca.crt").exists() {

@@ -27,17 +27,6 @@ pub enum StateError {
         /// The lock file.
         lock: PathBuf,
     },
-    /// A file.
-    #[error("{op} `{}`", path.display())]
-    Io {
-        /// What.
-        op: &'static str,
-        /// Which.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
     /// `launched.json` is not hearth's.
     #[error("`{}` is damaged: {why}", path.display())]
     Damaged {
@@ -55,7 +44,7 @@ pub enum StateError {
 }
 
 fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StateError + 'a {
-    move |source| StateError::Io { op, path: path.to_owned(), source }
+    move |source| FileError { op, path: path.to_owned(), source }.into()
 }
 
 /// One launched node, as recorded.
