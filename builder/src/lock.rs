@@ -108,13 +108,17 @@ pub async fn lock(
 }
 
 async fn resolve_one(fetcher: &Fetcher, store: &Store, input: &Input) -> Result<Sha256, String> {
-    if input.kind == InputKind::Image {
-        let reference = input.reference.as_deref().unwrap_or_default();
-        return oci::resolve(fetcher, reference).await.map_err(|e: OciError| crate::report::error_chain(&e));
-    }
+    let urls = match &input.kind {
+        InputKind::Image { reference, .. } => {
+            return oci::resolve(fetcher, reference).await.map_err(|e: OciError| crate::report::error_chain(&e));
+        }
+        InputKind::Base { urls } | InputKind::Deb { urls } | InputKind::Archive { urls } | InputKind::File { urls } => {
+            urls
+        }
+    };
     let tmp = store.root().join(".tmp").join(format!("lock.{}.{}", std::process::id(), fetcher.task_id()));
     let result = async {
-        let (sha, size) = fetcher.download_unpinned(&input.name, &input.urls, &tmp).await?;
+        let (sha, size) = fetcher.download_unpinned(&input.name, urls, &tmp).await?;
         keep_as_entry(fetcher, store, &tmp, &input.name, sha, size).await?;
         Ok::<_, FetchError>(sha)
     }

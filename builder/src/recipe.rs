@@ -41,14 +41,12 @@
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use crate::digest::Sha256;
-use crate::fetch::FileRequest;
 use crate::files::FileError;
 use crate::store::sanitize_name;
 
@@ -392,60 +390,111 @@ pub struct Recipe {
     pub images: Vec<ImageSpec>,
 }
 
-/// Which kind of input.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+/// Which kind of input, with what that kind needs to be fetched.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum InputKind {
-    /// The base image.
-    Base,
-    /// A .deb.
-    Deb,
-    /// A tarball.
-    Archive,
-    /// A downloaded file.
-    File,
-    /// An OCI image.
-    Image,
+    /// The base image, downloaded.
+    Base {
+        /// URLs, in order.
+        urls: Vec<String>,
+    },
+    /// A .deb, downloaded.
+    Deb {
+        /// URLs, in order.
+        urls: Vec<String>,
+    },
+    /// A release archive, downloaded.
+    Archive {
+        /// URLs, in order.
+        urls: Vec<String>,
+    },
+    /// A file placed in the image, downloaded.
+    File {
+        /// URLs, in order.
+        urls: Vec<String>,
+    },
+    /// An OCI image, pulled from its registry.
+    Image {
+        /// The image reference.
+        reference: String,
+        /// `os/arch` to take from an index.
+        platform: String,
+    },
 }
 
-impl fmt::Display for InputKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            InputKind::Base => "base",
-            InputKind::Deb => "debs",
-            InputKind::Archive => "archives",
-            InputKind::File => "files",
-            InputKind::Image => "images",
-        })
+impl InputKind {
+    /// The recipe section, the first part of an input's id.
+    pub fn section(&self) -> &'static str {
+        match self {
+            InputKind::Base { .. } => BASE,
+            InputKind::Deb { .. } => DEBS,
+            InputKind::Archive { .. } => ARCHIVES,
+            InputKind::File { .. } => FILES,
+            InputKind::Image { .. } => IMAGES,
+        }
+    }
+}
+
+const BASE: &str = "base";
+const DEBS: &str = "debs";
+const ARCHIVES: &str = "archives";
+const FILES: &str = "files";
+const IMAGES: &str = "images";
+
+/// An input's id: `<section>/<key>`, the pins file's key.
+fn input_id(section: &str, key: &str) -> String {
+    format!("{section}/{key}")
+}
+
+impl Base {
+    /// Its input's id.
+    pub fn input_id(&self) -> String {
+        input_id(BASE, self.name.get_ref())
+    }
+}
+
+impl Deb {
+    /// Its input's id.
+    pub fn input_id(&self) -> String {
+        input_id(DEBS, self.name.get_ref())
+    }
+}
+
+impl Archive {
+    /// Its input's id.
+    pub fn input_id(&self) -> String {
+        input_id(ARCHIVES, self.name.get_ref())
+    }
+}
+
+impl FileSpec {
+    /// Its input's id (for a downloaded file): the whole path, so two files with
+    /// one basename differ.
+    pub fn input_id(&self) -> String {
+        input_id(FILES, self.path.get_ref().0.trim_start_matches('/'))
+    }
+}
+
+impl ImageSpec {
+    /// Its input's id.
+    pub fn input_id(&self) -> String {
+        input_id(IMAGES, self.reference.get_ref())
     }
 }
 
 /// One thing to fetch, with its pin if it has one.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Input {
-    /// Kind.
+    /// Kind, with its URLs or its image reference.
     pub kind: InputKind,
-    /// Stable identifier, `kind/name`, used as the lock's key.
+    /// Stable identifier, `section/name`, used as the pins file's key.
     pub id: String,
     /// Name of the store entry.
     pub name: String,
-    /// URLs (empty for images).
-    pub urls: Vec<String>,
-    /// Image reference (images only).
-    pub reference: Option<String>,
-    /// Platform (images only).
-    pub platform: Option<String>,
     /// The pin: sha256 of the bytes, or of the image's index/manifest.
     pub pin: Option<Sha256>,
     /// 1-based line in the recipe.
     pub line: usize,
-}
-
-impl Input {
-    /// The fixed-output request for a file-like input; `None` for images or unpinned.
-    pub fn file_request(&self) -> Option<FileRequest> {
-        (self.kind != InputKind::Image).then_some(())?;
-        Some(FileRequest { name: self.name.clone(), urls: self.urls.clone(), sha256: self.pin? })
-    }
 }
 
 /// The lock beside a recipe: pins that `hearth lock` resolved.
@@ -531,7 +580,12 @@ pub fn parse_recipe(text: &str) -> Result<Recipe, RecipeError> {
             line: input.line,
             message: e.to_string(),
         })?;
-        if input.kind != InputKind::Image && input.kind != InputKind::File && input.urls.is_empty() {
+        let no_url = match &input.kind {
+            InputKind::Base { urls } | InputKind::Deb { urls } | InputKind::Archive { urls } => urls.is_empty(),
+            // A file without URLs is not an input; an image has none.
+            InputKind::File { .. } | InputKind::Image { .. } => false,
+        };
+        if no_url {
             return Err(RecipeError::Invalid {
                 path: None,
                 line: input.line,
@@ -577,57 +631,35 @@ pub fn parse_lock(text: &str) -> Result<Lock, RecipeError> {
 /// failing that, the lock.
 pub fn inputs_of(recipe: &Recipe, text: &str, lock: &Lock) -> Vec<Input> {
     let urls = |u: &[FetchUrl]| u.iter().map(|x| x.0.clone()).collect::<Vec<_>>();
-    let input = |kind: InputKind,
-                 key: &str,
-                 name: String,
-                 urls: Vec<String>,
-                 pin: Option<Sha256>,
-                 span: std::ops::Range<usize>| {
-        let id = format!("{kind}/{key}");
+    let input = |kind: InputKind, id: String, name: String, pin: Option<Sha256>, span: std::ops::Range<usize>| {
         let pin = pin.or_else(|| lock.pins.get(&id).copied());
-        Input { kind, id, name, urls, reference: None, platform: None, pin, line: line_of(text, span.start) }
+        Input { kind, id, name, pin, line: line_of(text, span.start) }
     };
     let b = &recipe.base;
     let mut out = vec![input(
-        InputKind::Base,
-        b.name.get_ref(),
+        InputKind::Base { urls: urls(&b.urls) },
+        b.input_id(),
         b.name.get_ref().clone(),
-        urls(&b.urls),
         b.sha256,
         b.name.span(),
     )];
     for d in &recipe.debs {
-        out.push(input(
-            InputKind::Deb,
-            d.name.get_ref(),
-            d.name.get_ref().clone(),
-            urls(&d.urls),
-            d.sha256,
-            d.name.span(),
-        ));
+        let kind = InputKind::Deb { urls: urls(&d.urls) };
+        out.push(input(kind, d.input_id(), d.name.get_ref().clone(), d.sha256, d.name.span()));
     }
     for a in &recipe.archives {
-        out.push(input(
-            InputKind::Archive,
-            a.name.get_ref(),
-            a.name.get_ref().clone(),
-            urls(&a.urls),
-            a.sha256,
-            a.name.span(),
-        ));
+        let kind = InputKind::Archive { urls: urls(&a.urls) };
+        out.push(input(kind, a.input_id(), a.name.get_ref().clone(), a.sha256, a.name.span()));
     }
     for f in recipe.files.iter().filter(|f| !f.urls.is_empty()) {
-        // The id carries the whole path, so two files with one basename differ.
         let path = &f.path.get_ref().0;
         let name = sanitize_name(path.rsplit('/').next().unwrap_or(path));
-        out.push(input(InputKind::File, path.trim_start_matches('/'), name, urls(&f.urls), f.sha256, f.path.span()));
+        out.push(input(InputKind::File { urls: urls(&f.urls) }, f.input_id(), name, f.sha256, f.path.span()));
     }
     for i in &recipe.images {
         let r = i.reference.get_ref();
-        let mut img = input(InputKind::Image, r, sanitize_name(r), Vec::new(), i.digest, i.reference.span());
-        img.reference = Some(r.clone());
-        img.platform = Some(i.platform.clone());
-        out.push(img);
+        let kind = InputKind::Image { reference: r.clone(), platform: i.platform.clone() };
+        out.push(input(kind, i.input_id(), sanitize_name(r), i.digest, i.reference.span()));
     }
     out
 }
@@ -717,6 +749,10 @@ digest = "sha256:111111111111111111111111111111111111111111111111111111111111111
                 ("images/127.0.0.1:5000/test/img:1.0", true, 22),
             ]
         );
+        assert_eq!(inputs[1].kind, InputKind::Deb { urls: vec!["http://127.0.0.1:1/hello.deb".into()] });
+        let image =
+            InputKind::Image { reference: "127.0.0.1:5000/test/img:1.0".into(), platform: "linux/amd64".into() };
+        assert_eq!(inputs[3].kind, image);
         assert_eq!(parse_lock(&lock.render()).unwrap(), lock);
     }
 
