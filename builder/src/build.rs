@@ -648,14 +648,14 @@ fn apply_layers(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::recipe::{LoadedRecipe, Lock, parse_recipe};
+    use crate::recipe::{LoadedRecipe, Pins, parse_recipe};
 
     fn loaded(text: &str) -> LoadedRecipe {
         LoadedRecipe {
             path: PathBuf::from("/nonexistent/r.toml"),
-            lock_path: PathBuf::from("/nonexistent/r.lock"),
+            pins_path: PathBuf::from("/nonexistent/r.lock"),
             recipe: parse_recipe(text).unwrap(),
-            lock: Lock::default(),
+            pins: Pins::default(),
             text: text.to_owned(),
         }
     }

@@ -98,7 +98,7 @@ pub fn root_name(recipe: &LoadedRecipe) -> String {
     format!("inputs-{}", recipe.recipe.name.get_ref())
 }
 
-/// Fails naming every input that has no pin in the recipe or its lock.
+/// Fails naming every input that has no pin in the recipe or its pins file.
 pub fn check_pinned(recipe: &LoadedRecipe) -> Result<(), FillError> {
     pinned(recipe).map(drop)
 }

@@ -1,7 +1,7 @@
-//! Recipes (`images/*.toml`) and their locks: everything a node image is made of,
-//! pinned.
+//! Recipes (`images/*.toml`) and their pins files (`images/*.lock`, written by
+//! `hearth lock`): everything a node image is made of, pinned.
 //!
-//! Parsing is pure ([`parse_recipe`], [`parse_lock`]); [`load_recipe`] reads the
+//! Parsing is pure ([`parse_recipe`], [`parse_pins`]); [`load_recipe`] reads the
 //! files. Field values are checked while deserialising (digests, URL schemes,
 //! modes, sizes, paths), so a bad value is reported with its line and column.
 //!
@@ -21,7 +21,7 @@
 //! [[debs]]
 //! name = "conntrack"
 //! urls = ["https://.../conntrack_1.4.8-1ubuntu1_amd64.deb"]
-//! sha256 = "..."               # absent: pinned by the lock (`hearth lock`)
+//! sha256 = "..."               # absent: pinned in x.lock by `hearth lock`
 //! [[archives]]
 //! name = "containerd"
 //! urls = ["https://.../containerd-1.7.27-linux-amd64.tar.gz"]
@@ -50,7 +50,7 @@ use crate::digest::Sha256;
 use crate::files::FileError;
 use crate::store::sanitize_name;
 
-/// Errors reading a recipe or lock.
+/// Errors reading a recipe or its pins file.
 #[derive(Debug, thiserror::Error)]
 pub enum RecipeError {
     /// The file cannot be read.
@@ -271,7 +271,7 @@ pub struct Base {
     pub name: Spanned<String>,
     /// Where to fetch it, in order.
     pub urls: Vec<FetchUrl>,
-    /// Pinned digest (or from the lock).
+    /// Pinned digest (or from the pins file).
     pub sha256: Option<Sha256>,
     /// qcow2 or raw.
     pub format: BaseFormat,
@@ -292,7 +292,7 @@ pub struct Deb {
     pub name: Spanned<String>,
     /// Where to fetch it.
     pub urls: Vec<FetchUrl>,
-    /// Pinned digest (or from the lock).
+    /// Pinned digest (or from the pins file).
     pub sha256: Option<Sha256>,
 }
 
@@ -304,7 +304,7 @@ pub struct Archive {
     pub name: Spanned<String>,
     /// Where to fetch it.
     pub urls: Vec<FetchUrl>,
-    /// Pinned digest (or from the lock).
+    /// Pinned digest (or from the pins file).
     pub sha256: Option<Sha256>,
     /// Directory in the image to unpack into.
     pub prefix: ImagePath,
@@ -325,7 +325,7 @@ pub struct FileSpec {
     /// Download it from here...
     #[serde(default)]
     pub urls: Vec<FetchUrl>,
-    /// ... pinned by this digest (or the lock).
+    /// ... pinned by this digest (or the pins file).
     pub sha256: Option<Sha256>,
     /// Or take this text.
     pub content: Option<String>,
@@ -355,7 +355,7 @@ fn default_owner() -> String {
 pub struct ImageSpec {
     /// `registry/repository:tag`.
     pub reference: Spanned<String>,
-    /// Digest of the image index or manifest (or from the lock).
+    /// Digest of the image index or manifest (or from the pins file).
     pub digest: Option<Sha256>,
     /// `os/arch` to take from an index.
     #[serde(default = "default_platform")]
@@ -497,20 +497,21 @@ pub struct Input {
     pub line: usize,
 }
 
-/// The lock beside a recipe: pins that `hearth lock` resolved.
+/// The pins file beside a recipe (`x.toml` -> `x.lock`): pins that `hearth lock`
+/// resolved, in its `[pins]` table.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Lock {
+pub struct Pins {
     /// Input id -> digest.
-    #[serde(default)]
-    pub pins: BTreeMap<String, Sha256>,
+    #[serde(default, rename = "pins")]
+    pub by_id: BTreeMap<String, Sha256>,
 }
 
-impl Lock {
-    /// Canonical text of the lock file.
+impl Pins {
+    /// Canonical text of the pins file.
     pub fn render(&self) -> String {
         let mut out = String::from("# Written by `hearth lock`: pins for inputs the recipe leaves unpinned.\n[pins]\n");
-        for (id, d) in &self.pins {
+        for (id, d) in &self.by_id {
             out.push_str(&format!("{} = \"{}\"\n", toml_key(id), d));
         }
         out
@@ -534,17 +535,17 @@ fn toml_key(k: &str) -> String {
     out
 }
 
-/// A recipe with its lock, as loaded from disk.
+/// A recipe with its pins, as loaded from disk.
 #[derive(Clone, Debug)]
 pub struct LoadedRecipe {
     /// The recipe file.
     pub path: PathBuf,
-    /// Its lock file (may not exist).
-    pub lock_path: PathBuf,
+    /// Its pins file (may not exist).
+    pub pins_path: PathBuf,
     /// The recipe.
     pub recipe: Recipe,
-    /// The lock (empty when absent).
-    pub lock: Lock,
+    /// The pins (empty when the file is absent).
+    pub pins: Pins,
     /// The recipe's text (for line numbers).
     pub text: String,
 }
@@ -567,7 +568,7 @@ pub fn parse_recipe(text: &str) -> Result<Recipe, RecipeError> {
         return Err(invalid(recipe.base.name.span(), "the base needs at least one URL".into()));
     }
     let mut ids = BTreeSet::new();
-    for input in inputs_of(&recipe, text, &Lock::default()) {
+    for input in inputs_of(&recipe, text, &Pins::default()) {
         if !ids.insert(input.id.clone()) {
             return Err(RecipeError::Invalid {
                 path: None,
@@ -622,17 +623,17 @@ fn valid_owner(owner: &str) -> bool {
     owner.split_once(':').is_some_and(|(u, g)| part(u) && part(g))
 }
 
-/// Parses a lock file.
-pub fn parse_lock(text: &str) -> Result<Lock, RecipeError> {
+/// Parses a pins file.
+pub fn parse_pins(text: &str) -> Result<Pins, RecipeError> {
     toml::from_str(text).map_err(|source| RecipeError::Parse { path: None, source })
 }
 
 /// Every input of a recipe in declaration order, pins taken from the recipe or,
-/// failing that, the lock.
-pub fn inputs_of(recipe: &Recipe, text: &str, lock: &Lock) -> Vec<Input> {
+/// failing that, the pins file.
+pub fn inputs_of(recipe: &Recipe, text: &str, pins: &Pins) -> Vec<Input> {
     let urls = |u: &[FetchUrl]| u.iter().map(|x| x.0.clone()).collect::<Vec<_>>();
     let input = |kind: InputKind, id: String, name: String, pin: Option<Sha256>, span: std::ops::Range<usize>| {
-        let pin = pin.or_else(|| lock.pins.get(&id).copied());
+        let pin = pin.or_else(|| pins.by_id.get(&id).copied());
         Input { kind, id, name, pin, line: line_of(text, span.start) }
     };
     let b = &recipe.base;
@@ -664,8 +665,8 @@ pub fn inputs_of(recipe: &Recipe, text: &str, lock: &Lock) -> Vec<Input> {
     out
 }
 
-/// The lock file that belongs to a recipe: `x.toml` -> `x.lock`.
-pub fn lock_path_for(recipe: &Path) -> PathBuf {
+/// The pins file that belongs to a recipe: `x.toml` -> `x.lock`.
+pub fn pins_path_for(recipe: &Path) -> PathBuf {
     recipe.with_extension("lock")
 }
 
@@ -673,11 +674,11 @@ pub fn lock_path_for(recipe: &Path) -> PathBuf {
 pub fn load_recipe(path: &Path) -> Result<LoadedRecipe, RecipeError> {
     let text = std::fs::read_to_string(path).map_err(FileError::at("reading", path))?;
     let recipe = parse_recipe(&text).map_err(|e| e.with_path(path))?;
-    let lock_path = lock_path_for(path);
-    let lock = match std::fs::read_to_string(&lock_path) {
-        Ok(t) => parse_lock(&t).map_err(|e| e.with_path(&lock_path))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Lock::default(),
-        Err(e) => return Err(FileError::at("reading", &lock_path)(e).into()),
+    let pins_path = pins_path_for(path);
+    let pins = match std::fs::read_to_string(&pins_path) {
+        Ok(t) => parse_pins(&t).map_err(|e| e.with_path(&pins_path))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Pins::default(),
+        Err(e) => return Err(FileError::at("reading", &pins_path)(e).into()),
     };
     for f in &recipe.files {
         if let Some(src) = &f.source {
@@ -691,13 +692,13 @@ pub fn load_recipe(path: &Path) -> Result<LoadedRecipe, RecipeError> {
             }
         }
     }
-    Ok(LoadedRecipe { path: path.to_owned(), lock_path, recipe, lock, text })
+    Ok(LoadedRecipe { path: path.to_owned(), pins_path, recipe, pins, text })
 }
 
 impl LoadedRecipe {
     /// Every input with its pin.
     pub fn inputs(&self) -> Vec<Input> {
-        inputs_of(&self.recipe, &self.text, &self.lock)
+        inputs_of(&self.recipe, &self.text, &self.pins)
     }
 }
 
@@ -734,11 +735,11 @@ digest = "sha256:111111111111111111111111111111111111111111111111111111111111111
     fn parses_and_lists_inputs() {
         let r = parse_recipe(GOOD).unwrap();
         assert_eq!(r.output.virtual_size, ByteSize(4 << 30));
-        let lock = parse_lock(
+        let pins = parse_pins(
             "[pins]\n\"debs/hello\" = \"2222222222222222222222222222222222222222222222222222222222222222\"\n",
         )
         .unwrap();
-        let inputs = inputs_of(&r, GOOD, &lock);
+        let inputs = inputs_of(&r, GOOD, &pins);
         let ids: Vec<_> = inputs.iter().map(|i| (i.id.as_str(), i.pin.is_some(), i.line)).collect();
         assert_eq!(
             ids,
@@ -753,7 +754,7 @@ digest = "sha256:111111111111111111111111111111111111111111111111111111111111111
         let image =
             InputKind::Image { reference: "127.0.0.1:5000/test/img:1.0".into(), platform: "linux/amd64".into() };
         assert_eq!(inputs[3].kind, image);
-        assert_eq!(parse_lock(&lock.render()).unwrap(), lock);
+        assert_eq!(parse_pins(&pins.render()).unwrap(), pins);
     }
 
     fn err(text: &str) -> String {
@@ -791,9 +792,9 @@ digest = "sha256:111111111111111111111111111111111111111111111111111111111111111
 
     proptest::proptest! {
         #[test]
-        fn locks_round_trip(pins in proptest::collection::btree_map(".{0,40}", proptest::array::uniform32(0u8..), 0..8)) {
-            let lock = Lock { pins: pins.into_iter().map(|(k, v)| (k, Sha256(v))).collect() };
-            proptest::prop_assert_eq!(parse_lock(&lock.render()).unwrap(), lock);
+        fn pins_round_trip(by_id in proptest::collection::btree_map(".{0,40}", proptest::array::uniform32(0u8..), 0..8)) {
+            let pins = Pins { by_id: by_id.into_iter().map(|(k, v)| (k, Sha256(v))).collect() };
+            proptest::prop_assert_eq!(parse_pins(&pins.render()).unwrap(), pins);
         }
 
         #[test]
