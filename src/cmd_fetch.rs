@@ -71,9 +71,9 @@ pub fn lock(g: &Global, recipe_path: &Path, update: bool) -> CmdResult {
         println!("pinned  {id} = {}", pin.oci());
     }
     if report.changed {
-        println!("wrote `{}`: {} resolved, {} kept", loaded.lock_path.display(), report.resolved.len(), report.kept);
+        println!("wrote `{}`: {} resolved, {} kept", loaded.pins_path.display(), report.resolved.len(), report.kept);
     } else {
-        println!("`{}` is up to date ({} pins)", loaded.lock_path.display(), report.kept);
+        println!("`{}` is up to date ({} pins)", loaded.pins_path.display(), report.kept);
     }
     Ok(())
 }

@@ -137,9 +137,11 @@ pub fn find_image(store: &Store, loaded: &LoadedRecipe) -> Result<StorePath, Bui
     let mut filled = Vec::new();
     for input in loaded.inputs() {
         let pin = input.pin.ok_or_else(|| not_built(format!("`{}` is not pinned", input.id)))?;
-        let key = match (&input.reference, &input.platform) {
-            (Some(_), Some(platform)) => EntryKey::Oci { digest: pin, platform: platform.clone() },
-            _ => EntryKey::Fixed(pin),
+        let key = match &input.kind {
+            InputKind::Image { platform, .. } => EntryKey::Oci { digest: pin, platform: platform.clone() },
+            InputKind::Base { .. } | InputKind::Deb { .. } | InputKind::Archive { .. } | InputKind::File { .. } => {
+                EntryKey::Fixed(pin)
+            }
         };
         let path = store.lookup(&key)?.ok_or_else(|| not_built(format!("input `{}` is missing", input.id)))?;
         filled.push(Filled { input, path, downloaded: false });
@@ -383,7 +385,7 @@ fn build_outputs(
     let epoch = i64::try_from(recipe.output.epoch).unwrap_or(i64::MAX);
     // 2. Base.
     reporter.note("reading the base image");
-    let base_path = input_file(store, inputs, &format!("base/{}", recipe.base.name.get_ref()))?;
+    let base_path = input_file(store, inputs, &recipe.base.input_id())?;
     let disk_path = work.join("base.raw");
     let disk = materialize_base(&base_path, recipe.base.format, &disk_path)?;
     let disk_len = disk.metadata().map_err(FileError::at("reading", &disk_path))?.len();
@@ -551,7 +553,7 @@ fn apply_layers(
             .map_err(|source| LayerError::Deb { origin: "the base's /var/lib/dpkg/status".into(), source })?;
         let mut debs = Vec::new();
         for d in &recipe.debs {
-            let path = input_file(store, inputs, &format!("{}/{}", InputKind::Deb, d.name.get_ref()))?;
+            let path = input_file(store, inputs, &d.input_id())?;
             let bytes = fs::read(&path).map_err(FileError::at("reading", &path))?;
             debs.push(layers::open_deb(&bytes, &format!("package `{}`", d.name.get_ref()))?);
         }
@@ -570,7 +572,7 @@ fn apply_layers(
         )?;
     }
     for a in &recipe.archives {
-        let path = input_file(store, inputs, &format!("{}/{}", InputKind::Archive, a.name.get_ref()))?;
+        let path = input_file(store, inputs, &a.input_id())?;
         let f = File::open(&path).map_err(FileError::at("opening", &path))?;
         let name = a.name.get_ref();
         tree.mkdir_p(a.prefix.0.as_bytes(), &Meta::root(0o755)).map_err(|source| LayerError::Tree {
@@ -604,8 +606,7 @@ fn apply_layers(
             let p = dir.join(&src.0);
             Kind::File(spill.append_bytes(&fs::read(&p).map_err(FileError::at("reading", &p))?)?)
         } else {
-            let id = format!("{}/{}", InputKind::File, f.path.get_ref().0.trim_start_matches('/'));
-            let p = input_file(store, inputs, &id)?;
+            let p = input_file(store, inputs, &f.input_id())?;
             let mut file = PathReader::open(&p)?;
             let len = file.size()?;
             Kind::File(spill.append(&mut file, len, || format!("`{}`", p.display()))?)
@@ -630,7 +631,7 @@ fn apply_layers(
             source,
         })?;
         for img in &recipe.images {
-            let id = format!("{}/{}", InputKind::Image, img.reference.get_ref());
+            let id = img.input_id();
             let filled =
                 inputs.iter().find(|f| f.input.id == id).ok_or_else(|| BuildError::MissingInput(id.clone()))?;
             let layout = store.entry_dir(&filled.path);
@@ -647,14 +648,14 @@ fn apply_layers(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::recipe::{LoadedRecipe, Lock, parse_recipe};
+    use crate::recipe::{LoadedRecipe, Pins, parse_recipe};
 
     fn loaded(text: &str) -> LoadedRecipe {
         LoadedRecipe {
             path: PathBuf::from("/nonexistent/r.toml"),
-            lock_path: PathBuf::from("/nonexistent/r.lock"),
+            pins_path: PathBuf::from("/nonexistent/r.lock"),
             recipe: parse_recipe(text).unwrap(),
-            lock: Lock::default(),
+            pins: Pins::default(),
             text: text.to_owned(),
         }
     }

@@ -6,9 +6,10 @@ use std::fmt;
 
 use futures_util::StreamExt;
 
-use crate::fetch::{FetchError, Fetcher};
+use crate::digest::Sha256;
+use crate::fetch::{FetchError, Fetcher, FileRequest};
 use crate::oci::{self, OciError};
-use crate::recipe::{Input, LoadedRecipe};
+use crate::recipe::{Input, InputKind, LoadedRecipe};
 use crate::store::{Store, StoreError, StorePath};
 
 /// Errors of a fill.
@@ -97,12 +98,23 @@ pub fn root_name(recipe: &LoadedRecipe) -> String {
     format!("inputs-{}", recipe.recipe.name.get_ref())
 }
 
-/// Fails naming every input that has no pin in the recipe or its lock.
+/// Fails naming every input that has no pin in the recipe or its pins file.
 pub fn check_pinned(recipe: &LoadedRecipe) -> Result<(), FillError> {
-    let unpinned: Vec<String> =
-        recipe.inputs().iter().filter(|i| i.pin.is_none()).map(|i| format!("{} (line {})", i.id, i.line)).collect();
+    pinned(recipe).map(drop)
+}
+
+/// Every input with its pin, or the error naming those without.
+fn pinned(recipe: &LoadedRecipe) -> Result<Vec<(Input, Sha256)>, FillError> {
+    let mut pinned = Vec::new();
+    let mut unpinned = Vec::new();
+    for input in recipe.inputs() {
+        match input.pin {
+            Some(pin) => pinned.push((input, pin)),
+            None => unpinned.push(format!("{} (line {})", input.id, input.line)),
+        }
+    }
     if unpinned.is_empty() {
-        Ok(())
+        Ok(pinned)
     } else {
         Err(FillError::Unpinned { recipe: recipe.path.display().to_string(), unpinned })
     }
@@ -110,10 +122,9 @@ pub fn check_pinned(recipe: &LoadedRecipe) -> Result<(), FillError> {
 
 /// Makes sure every input of `recipe` is in `store`.
 pub async fn fill(fetcher: &Fetcher, store: &Store, recipe: &LoadedRecipe) -> Result<FillReport, FillError> {
-    check_pinned(recipe)?;
-    let inputs = recipe.inputs();
+    let inputs = pinned(recipe)?;
     let outcomes: Vec<Outcome> =
-        futures_util::stream::iter(inputs.iter().cloned().map(|input| fill_one(fetcher, store, input)))
+        futures_util::stream::iter(inputs.into_iter().map(|(input, pin)| fill_one(fetcher, store, input, pin)))
             .buffered(fetcher.options().jobs.max(1))
             .collect()
             .await;
@@ -125,11 +136,13 @@ pub async fn fill(fetcher: &Fetcher, store: &Store, recipe: &LoadedRecipe) -> Re
     for outcome in outcomes {
         match outcome {
             Outcome::Filled(f) => filled.push(f),
-            Outcome::Offline(input) => {
-                let pin = input.pin.expect("pinned");
-                let from = match &input.reference {
-                    Some(r) => format!("image {r}@{}", pin.oci()),
-                    None => format!("sha256 {pin}, from {}", input.urls.join(" or ")),
+            Outcome::Offline(input, pin) => {
+                let from = match &input.kind {
+                    InputKind::Image { reference, .. } => format!("image {reference}@{}", pin.oci()),
+                    InputKind::Base { urls }
+                    | InputKind::Deb { urls }
+                    | InputKind::Archive { urls }
+                    | InputKind::File { urls } => format!("sha256 {pin}, from {}", urls.join(" or ")),
                 };
                 missing.push(format!("{} (line {}): {from}", input.id, input.line));
             }
@@ -153,20 +166,19 @@ pub async fn fill(fetcher: &Fetcher, store: &Store, recipe: &LoadedRecipe) -> Re
 enum Outcome {
     Filled(Filled),
     /// Missing, and the network is off limits.
-    Offline(Input),
+    Offline(Input, Sha256),
     /// The error chain, on one line per cause.
     Failed(Input, String),
 }
 
-async fn fill_one(fetcher: &Fetcher, store: &Store, input: Input) -> Outcome {
-    let pin = input.pin.expect("checked by fill");
-    let result = match (&input.reference, &input.platform) {
-        (Some(reference), Some(platform)) => oci::pull(fetcher, store, reference, pin, platform, &input.name)
+async fn fill_one(fetcher: &Fetcher, store: &Store, input: Input, pin: Sha256) -> Outcome {
+    let result = match &input.kind {
+        InputKind::Image { reference, platform } => oci::pull(fetcher, store, reference, pin, platform, &input.name)
             .await
             .map(|p| (p.path, p.downloaded))
             .map_err(|e| (matches!(e, OciError::Offline { .. }), crate::report::error_chain(&e))),
-        _ => {
-            let req = input.file_request().expect("pinned file input");
+        InputKind::Base { urls } | InputKind::Deb { urls } | InputKind::Archive { urls } | InputKind::File { urls } => {
+            let req = FileRequest { name: input.name.clone(), urls: urls.clone(), sha256: pin };
             fetcher
                 .fetch_file(store, &req)
                 .await
@@ -176,7 +188,7 @@ async fn fill_one(fetcher: &Fetcher, store: &Store, input: Input) -> Outcome {
     };
     match result {
         Ok((path, downloaded)) => Outcome::Filled(Filled { input, path, downloaded }),
-        Err((true, _)) => Outcome::Offline(input),
+        Err((true, _)) => Outcome::Offline(input, pin),
         Err((false, chain)) => Outcome::Failed(input, chain),
     }
 }

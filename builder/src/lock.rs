@@ -1,7 +1,7 @@
 //! `hearth lock`: pins what a recipe leaves unpinned. A download is hashed while
 //! it streams and kept as its store entry (so the next fetch is free); an image tag
-//! is resolved to the digest of the index or manifest the registry serves. The lock
-//! keeps only pins of inputs the recipe still has and does not pin itself.
+//! is resolved to the digest of the index or manifest the registry serves. The pins
+//! file keeps only pins of inputs the recipe still has and does not pin itself.
 
 use std::path::Path;
 
@@ -11,7 +11,7 @@ use crate::digest::Sha256;
 use crate::fetch::{FetchError, Fetcher};
 use crate::files::{self, FileError};
 use crate::oci::{self, OciError};
-use crate::recipe::{self, Input, InputKind, LoadedRecipe, Lock};
+use crate::recipe::{self, Input, InputKind, LoadedRecipe, Pins};
 use crate::store::{Claim, EntryKey, OutputRecord, Outputs, Store, StoreError};
 
 /// Mode of the pins file: it is written for the user's repository, so that the
@@ -24,11 +24,11 @@ pub enum LockError {
     /// Locking needs the network.
     #[error("`hearth lock` resolves inputs on the network, and --offline forbids it")]
     Offline,
-    /// Inputs that could not be resolved; the lock was not changed.
-    #[error("{} input(s) could not be resolved; `{}` is unchanged:\n  {}", failures.len(), lock.display(), failures.join("\n  "))]
+    /// Inputs that could not be resolved; the pins file was not changed.
+    #[error("{} input(s) could not be resolved; `{}` is unchanged:\n  {}", failures.len(), pins_file.display(), failures.join("\n  "))]
     Failed {
-        /// The lock file.
-        lock: std::path::PathBuf,
+        /// The pins file.
+        pins_file: std::path::PathBuf,
         /// One block per input.
         failures: Vec<String>,
     },
@@ -45,14 +45,14 @@ pub enum LockError {
 pub struct LockReport {
     /// Inputs resolved by this run, with their pins.
     pub resolved: Vec<(String, Sha256)>,
-    /// Pins kept from the previous lock.
+    /// Pins kept from the pins file.
     pub kept: usize,
-    /// Whether the lock file changed.
+    /// Whether the pins file changed.
     pub changed: bool,
 }
 
-/// Resolves the recipe's unpinned inputs (with `update`, also those the lock
-/// pins) and writes the lock file beside the recipe.
+/// Resolves the recipe's unpinned inputs (with `update`, also those the pins
+/// file pins) and writes the pins file beside the recipe.
 pub async fn lock(
     fetcher: &Fetcher,
     store: &Store,
@@ -62,22 +62,22 @@ pub async fn lock(
     if fetcher.client().is_none() {
         return Err(LockError::Offline);
     }
-    let old = if update { Lock::default() } else { loaded.lock.clone() };
-    let unpinned_by_recipe: Vec<Input> = recipe::inputs_of(&loaded.recipe, &loaded.text, &Lock::default())
+    let old = if update { Pins::default() } else { loaded.pins.clone() };
+    let unpinned_by_recipe: Vec<Input> = recipe::inputs_of(&loaded.recipe, &loaded.text, &Pins::default())
         .into_iter()
         .filter(|i| i.pin.is_none())
         .collect();
-    let mut new = Lock::default();
+    let mut new = Pins::default();
     let mut todo = Vec::new();
     for input in unpinned_by_recipe {
-        match old.pins.get(&input.id) {
+        match old.by_id.get(&input.id) {
             Some(pin) => {
-                new.pins.insert(input.id.clone(), *pin);
+                new.by_id.insert(input.id.clone(), *pin);
             }
             None => todo.push(input),
         }
     }
-    let kept = new.pins.len();
+    let kept = new.by_id.len();
     let results: Vec<(Input, Result<Sha256, String>)> =
         futures_util::stream::iter(todo.into_iter().map(|input| async move {
             let r = resolve_one(fetcher, store, &input).await;
@@ -91,30 +91,34 @@ pub async fn lock(
     for (input, r) in results {
         match r {
             Ok(pin) => {
-                new.pins.insert(input.id.clone(), pin);
+                new.by_id.insert(input.id.clone(), pin);
                 resolved.push((input.id, pin));
             }
             Err(e) => failures.push(format!("{} (line {}): {}", input.id, input.line, e.replace('\n', "\n    "))),
         }
     }
     if !failures.is_empty() {
-        return Err(LockError::Failed { lock: loaded.lock_path.clone(), failures });
+        return Err(LockError::Failed { pins_file: loaded.pins_path.clone(), failures });
     }
-    let changed = new != loaded.lock || !loaded.lock_path.exists();
+    let changed = new != loaded.pins || !loaded.pins_path.exists();
     if changed {
-        files::write_atomic(&loaded.lock_path, new.render().as_bytes(), PINS_MODE)?;
+        files::write_atomic(&loaded.pins_path, new.render().as_bytes(), PINS_MODE)?;
     }
     Ok(LockReport { resolved, kept, changed })
 }
 
 async fn resolve_one(fetcher: &Fetcher, store: &Store, input: &Input) -> Result<Sha256, String> {
-    if input.kind == InputKind::Image {
-        let reference = input.reference.as_deref().unwrap_or_default();
-        return oci::resolve(fetcher, reference).await.map_err(|e: OciError| crate::report::error_chain(&e));
-    }
+    let urls = match &input.kind {
+        InputKind::Image { reference, .. } => {
+            return oci::resolve(fetcher, reference).await.map_err(|e: OciError| crate::report::error_chain(&e));
+        }
+        InputKind::Base { urls } | InputKind::Deb { urls } | InputKind::Archive { urls } | InputKind::File { urls } => {
+            urls
+        }
+    };
     let tmp = store.root().join(".tmp").join(format!("lock.{}.{}", std::process::id(), fetcher.task_id()));
     let result = async {
-        let (sha, size) = fetcher.download_unpinned(&input.name, &input.urls, &tmp).await?;
+        let (sha, size) = fetcher.download_unpinned(&input.name, urls, &tmp).await?;
         keep_as_entry(fetcher, store, &tmp, &input.name, sha, size).await?;
         Ok::<_, FetchError>(sha)
     }

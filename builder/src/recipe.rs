@@ -1,7 +1,7 @@
-//! Recipes (`images/*.toml`) and their locks: everything a node image is made of,
-//! pinned.
+//! Recipes (`images/*.toml`) and their pins files (`images/*.lock`, written by
+//! `hearth lock`): everything a node image is made of, pinned.
 //!
-//! Parsing is pure ([`parse_recipe`], [`parse_lock`]); [`load_recipe`] reads the
+//! Parsing is pure ([`parse_recipe`], [`parse_pins`]); [`load_recipe`] reads the
 //! files. Field values are checked while deserialising (digests, URL schemes,
 //! modes, sizes, paths), so a bad value is reported with its line and column.
 //!
@@ -21,7 +21,7 @@
 //! [[debs]]
 //! name = "conntrack"
 //! urls = ["https://.../conntrack_1.4.8-1ubuntu1_amd64.deb"]
-//! sha256 = "..."               # absent: pinned by the lock (`hearth lock`)
+//! sha256 = "..."               # absent: pinned in x.lock by `hearth lock`
 //! [[archives]]
 //! name = "containerd"
 //! urls = ["https://.../containerd-1.7.27-linux-amd64.tar.gz"]
@@ -41,18 +41,16 @@
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use crate::digest::Sha256;
-use crate::fetch::FileRequest;
 use crate::files::FileError;
 use crate::store::sanitize_name;
 
-/// Errors reading a recipe or lock.
+/// Errors reading a recipe or its pins file.
 #[derive(Debug, thiserror::Error)]
 pub enum RecipeError {
     /// The file cannot be read.
@@ -273,7 +271,7 @@ pub struct Base {
     pub name: Spanned<String>,
     /// Where to fetch it, in order.
     pub urls: Vec<FetchUrl>,
-    /// Pinned digest (or from the lock).
+    /// Pinned digest (or from the pins file).
     pub sha256: Option<Sha256>,
     /// qcow2 or raw.
     pub format: BaseFormat,
@@ -294,7 +292,7 @@ pub struct Deb {
     pub name: Spanned<String>,
     /// Where to fetch it.
     pub urls: Vec<FetchUrl>,
-    /// Pinned digest (or from the lock).
+    /// Pinned digest (or from the pins file).
     pub sha256: Option<Sha256>,
 }
 
@@ -306,7 +304,7 @@ pub struct Archive {
     pub name: Spanned<String>,
     /// Where to fetch it.
     pub urls: Vec<FetchUrl>,
-    /// Pinned digest (or from the lock).
+    /// Pinned digest (or from the pins file).
     pub sha256: Option<Sha256>,
     /// Directory in the image to unpack into.
     pub prefix: ImagePath,
@@ -327,7 +325,7 @@ pub struct FileSpec {
     /// Download it from here...
     #[serde(default)]
     pub urls: Vec<FetchUrl>,
-    /// ... pinned by this digest (or the lock).
+    /// ... pinned by this digest (or the pins file).
     pub sha256: Option<Sha256>,
     /// Or take this text.
     pub content: Option<String>,
@@ -357,7 +355,7 @@ fn default_owner() -> String {
 pub struct ImageSpec {
     /// `registry/repository:tag`.
     pub reference: Spanned<String>,
-    /// Digest of the image index or manifest (or from the lock).
+    /// Digest of the image index or manifest (or from the pins file).
     pub digest: Option<Sha256>,
     /// `os/arch` to take from an index.
     #[serde(default = "default_platform")]
@@ -392,76 +390,128 @@ pub struct Recipe {
     pub images: Vec<ImageSpec>,
 }
 
-/// Which kind of input.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+/// Which kind of input, with what that kind needs to be fetched.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum InputKind {
-    /// The base image.
-    Base,
-    /// A .deb.
-    Deb,
-    /// A tarball.
-    Archive,
-    /// A downloaded file.
-    File,
-    /// An OCI image.
-    Image,
+    /// The base image, downloaded.
+    Base {
+        /// URLs, in order.
+        urls: Vec<String>,
+    },
+    /// A .deb, downloaded.
+    Deb {
+        /// URLs, in order.
+        urls: Vec<String>,
+    },
+    /// A release archive, downloaded.
+    Archive {
+        /// URLs, in order.
+        urls: Vec<String>,
+    },
+    /// A file placed in the image, downloaded.
+    File {
+        /// URLs, in order.
+        urls: Vec<String>,
+    },
+    /// An OCI image, pulled from its registry.
+    Image {
+        /// The image reference.
+        reference: String,
+        /// `os/arch` to take from an index.
+        platform: String,
+    },
 }
 
-impl fmt::Display for InputKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            InputKind::Base => "base",
-            InputKind::Deb => "debs",
-            InputKind::Archive => "archives",
-            InputKind::File => "files",
-            InputKind::Image => "images",
-        })
+impl InputKind {
+    /// The recipe section, the first part of an input's id.
+    pub fn section(&self) -> &'static str {
+        match self {
+            InputKind::Base { .. } => BASE,
+            InputKind::Deb { .. } => DEBS,
+            InputKind::Archive { .. } => ARCHIVES,
+            InputKind::File { .. } => FILES,
+            InputKind::Image { .. } => IMAGES,
+        }
+    }
+}
+
+const BASE: &str = "base";
+const DEBS: &str = "debs";
+const ARCHIVES: &str = "archives";
+const FILES: &str = "files";
+const IMAGES: &str = "images";
+
+/// An input's id: `<section>/<key>`, the pins file's key.
+fn input_id(section: &str, key: &str) -> String {
+    format!("{section}/{key}")
+}
+
+impl Base {
+    /// Its input's id.
+    pub fn input_id(&self) -> String {
+        input_id(BASE, self.name.get_ref())
+    }
+}
+
+impl Deb {
+    /// Its input's id.
+    pub fn input_id(&self) -> String {
+        input_id(DEBS, self.name.get_ref())
+    }
+}
+
+impl Archive {
+    /// Its input's id.
+    pub fn input_id(&self) -> String {
+        input_id(ARCHIVES, self.name.get_ref())
+    }
+}
+
+impl FileSpec {
+    /// Its input's id (for a downloaded file): the whole path, so two files with
+    /// one basename differ.
+    pub fn input_id(&self) -> String {
+        input_id(FILES, self.path.get_ref().0.trim_start_matches('/'))
+    }
+}
+
+impl ImageSpec {
+    /// Its input's id.
+    pub fn input_id(&self) -> String {
+        input_id(IMAGES, self.reference.get_ref())
     }
 }
 
 /// One thing to fetch, with its pin if it has one.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Input {
-    /// Kind.
+    /// Kind, with its URLs or its image reference.
     pub kind: InputKind,
-    /// Stable identifier, `kind/name`, used as the lock's key.
+    /// Stable identifier, `section/name`, used as the pins file's key.
     pub id: String,
     /// Name of the store entry.
     pub name: String,
-    /// URLs (empty for images).
-    pub urls: Vec<String>,
-    /// Image reference (images only).
-    pub reference: Option<String>,
-    /// Platform (images only).
-    pub platform: Option<String>,
     /// The pin: sha256 of the bytes, or of the image's index/manifest.
     pub pin: Option<Sha256>,
     /// 1-based line in the recipe.
     pub line: usize,
 }
 
-impl Input {
-    /// The fixed-output request for a file-like input; `None` for images or unpinned.
-    pub fn file_request(&self) -> Option<FileRequest> {
-        (self.kind != InputKind::Image).then_some(())?;
-        Some(FileRequest { name: self.name.clone(), urls: self.urls.clone(), sha256: self.pin? })
-    }
-}
-
-/// The lock beside a recipe: pins that `hearth lock` resolved.
+/// The pins file beside a recipe (`x.toml` -> `x.lock`): pins that `hearth lock`
+/// resolved, in its `[pins]` table.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Lock {
+pub struct Pins {
     /// Input id -> digest.
-    #[serde(default)]
-    pub pins: BTreeMap<String, Sha256>,
+    #[serde(default, rename = "pins")]
+    pub by_id: BTreeMap<String, Sha256>,
 }
 
-impl Lock {
-    /// Canonical text of the lock file.
+impl Pins {
+    /// Canonical text of the pins file.
     pub fn render(&self) -> String {
         let mut out = String::from("# Written by `hearth lock`: pins for inputs the recipe leaves unpinned.\n[pins]\n");
-        for (id, d) in &self.pins {
+        for (id, d) in &self.by_id {
             out.push_str(&format!("{} = \"{}\"\n", toml_key(id), d));
         }
         out
@@ -485,17 +535,17 @@ fn toml_key(k: &str) -> String {
     out
 }
 
-/// A recipe with its lock, as loaded from disk.
+/// A recipe with its pins, as loaded from disk.
 #[derive(Clone, Debug)]
 pub struct LoadedRecipe {
     /// The recipe file.
     pub path: PathBuf,
-    /// Its lock file (may not exist).
-    pub lock_path: PathBuf,
+    /// Its pins file (may not exist).
+    pub pins_path: PathBuf,
     /// The recipe.
     pub recipe: Recipe,
-    /// The lock (empty when absent).
-    pub lock: Lock,
+    /// The pins (empty when the file is absent).
+    pub pins: Pins,
     /// The recipe's text (for line numbers).
     pub text: String,
 }
@@ -518,7 +568,7 @@ pub fn parse_recipe(text: &str) -> Result<Recipe, RecipeError> {
         return Err(invalid(recipe.base.name.span(), "the base needs at least one URL".into()));
     }
     let mut ids = BTreeSet::new();
-    for input in inputs_of(&recipe, text, &Lock::default()) {
+    for input in inputs_of(&recipe, text, &Pins::default()) {
         if !ids.insert(input.id.clone()) {
             return Err(RecipeError::Invalid {
                 path: None,
@@ -531,7 +581,12 @@ pub fn parse_recipe(text: &str) -> Result<Recipe, RecipeError> {
             line: input.line,
             message: e.to_string(),
         })?;
-        if input.kind != InputKind::Image && input.kind != InputKind::File && input.urls.is_empty() {
+        let no_url = match &input.kind {
+            InputKind::Base { urls } | InputKind::Deb { urls } | InputKind::Archive { urls } => urls.is_empty(),
+            // A file without URLs is not an input; an image has none.
+            InputKind::File { .. } | InputKind::Image { .. } => false,
+        };
+        if no_url {
             return Err(RecipeError::Invalid {
                 path: None,
                 line: input.line,
@@ -568,72 +623,50 @@ fn valid_owner(owner: &str) -> bool {
     owner.split_once(':').is_some_and(|(u, g)| part(u) && part(g))
 }
 
-/// Parses a lock file.
-pub fn parse_lock(text: &str) -> Result<Lock, RecipeError> {
+/// Parses a pins file.
+pub fn parse_pins(text: &str) -> Result<Pins, RecipeError> {
     toml::from_str(text).map_err(|source| RecipeError::Parse { path: None, source })
 }
 
 /// Every input of a recipe in declaration order, pins taken from the recipe or,
-/// failing that, the lock.
-pub fn inputs_of(recipe: &Recipe, text: &str, lock: &Lock) -> Vec<Input> {
+/// failing that, the pins file.
+pub fn inputs_of(recipe: &Recipe, text: &str, pins: &Pins) -> Vec<Input> {
     let urls = |u: &[FetchUrl]| u.iter().map(|x| x.0.clone()).collect::<Vec<_>>();
-    let input = |kind: InputKind,
-                 key: &str,
-                 name: String,
-                 urls: Vec<String>,
-                 pin: Option<Sha256>,
-                 span: std::ops::Range<usize>| {
-        let id = format!("{kind}/{key}");
-        let pin = pin.or_else(|| lock.pins.get(&id).copied());
-        Input { kind, id, name, urls, reference: None, platform: None, pin, line: line_of(text, span.start) }
+    let input = |kind: InputKind, id: String, name: String, pin: Option<Sha256>, span: std::ops::Range<usize>| {
+        let pin = pin.or_else(|| pins.by_id.get(&id).copied());
+        Input { kind, id, name, pin, line: line_of(text, span.start) }
     };
     let b = &recipe.base;
     let mut out = vec![input(
-        InputKind::Base,
-        b.name.get_ref(),
+        InputKind::Base { urls: urls(&b.urls) },
+        b.input_id(),
         b.name.get_ref().clone(),
-        urls(&b.urls),
         b.sha256,
         b.name.span(),
     )];
     for d in &recipe.debs {
-        out.push(input(
-            InputKind::Deb,
-            d.name.get_ref(),
-            d.name.get_ref().clone(),
-            urls(&d.urls),
-            d.sha256,
-            d.name.span(),
-        ));
+        let kind = InputKind::Deb { urls: urls(&d.urls) };
+        out.push(input(kind, d.input_id(), d.name.get_ref().clone(), d.sha256, d.name.span()));
     }
     for a in &recipe.archives {
-        out.push(input(
-            InputKind::Archive,
-            a.name.get_ref(),
-            a.name.get_ref().clone(),
-            urls(&a.urls),
-            a.sha256,
-            a.name.span(),
-        ));
+        let kind = InputKind::Archive { urls: urls(&a.urls) };
+        out.push(input(kind, a.input_id(), a.name.get_ref().clone(), a.sha256, a.name.span()));
     }
     for f in recipe.files.iter().filter(|f| !f.urls.is_empty()) {
-        // The id carries the whole path, so two files with one basename differ.
         let path = &f.path.get_ref().0;
         let name = sanitize_name(path.rsplit('/').next().unwrap_or(path));
-        out.push(input(InputKind::File, path.trim_start_matches('/'), name, urls(&f.urls), f.sha256, f.path.span()));
+        out.push(input(InputKind::File { urls: urls(&f.urls) }, f.input_id(), name, f.sha256, f.path.span()));
     }
     for i in &recipe.images {
         let r = i.reference.get_ref();
-        let mut img = input(InputKind::Image, r, sanitize_name(r), Vec::new(), i.digest, i.reference.span());
-        img.reference = Some(r.clone());
-        img.platform = Some(i.platform.clone());
-        out.push(img);
+        let kind = InputKind::Image { reference: r.clone(), platform: i.platform.clone() };
+        out.push(input(kind, i.input_id(), sanitize_name(r), i.digest, i.reference.span()));
     }
     out
 }
 
-/// The lock file that belongs to a recipe: `x.toml` -> `x.lock`.
-pub fn lock_path_for(recipe: &Path) -> PathBuf {
+/// The pins file that belongs to a recipe: `x.toml` -> `x.lock`.
+pub fn pins_path_for(recipe: &Path) -> PathBuf {
     recipe.with_extension("lock")
 }
 
@@ -641,11 +674,11 @@ pub fn lock_path_for(recipe: &Path) -> PathBuf {
 pub fn load_recipe(path: &Path) -> Result<LoadedRecipe, RecipeError> {
     let text = std::fs::read_to_string(path).map_err(FileError::at("reading", path))?;
     let recipe = parse_recipe(&text).map_err(|e| e.with_path(path))?;
-    let lock_path = lock_path_for(path);
-    let lock = match std::fs::read_to_string(&lock_path) {
-        Ok(t) => parse_lock(&t).map_err(|e| e.with_path(&lock_path))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Lock::default(),
-        Err(e) => return Err(FileError::at("reading", &lock_path)(e).into()),
+    let pins_path = pins_path_for(path);
+    let pins = match std::fs::read_to_string(&pins_path) {
+        Ok(t) => parse_pins(&t).map_err(|e| e.with_path(&pins_path))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Pins::default(),
+        Err(e) => return Err(FileError::at("reading", &pins_path)(e).into()),
     };
     for f in &recipe.files {
         if let Some(src) = &f.source {
@@ -659,13 +692,13 @@ pub fn load_recipe(path: &Path) -> Result<LoadedRecipe, RecipeError> {
             }
         }
     }
-    Ok(LoadedRecipe { path: path.to_owned(), lock_path, recipe, lock, text })
+    Ok(LoadedRecipe { path: path.to_owned(), pins_path, recipe, pins, text })
 }
 
 impl LoadedRecipe {
     /// Every input with its pin.
     pub fn inputs(&self) -> Vec<Input> {
-        inputs_of(&self.recipe, &self.text, &self.lock)
+        inputs_of(&self.recipe, &self.text, &self.pins)
     }
 }
 
@@ -702,11 +735,11 @@ digest = "sha256:111111111111111111111111111111111111111111111111111111111111111
     fn parses_and_lists_inputs() {
         let r = parse_recipe(GOOD).unwrap();
         assert_eq!(r.output.virtual_size, ByteSize(4 << 30));
-        let lock = parse_lock(
+        let pins = parse_pins(
             "[pins]\n\"debs/hello\" = \"2222222222222222222222222222222222222222222222222222222222222222\"\n",
         )
         .unwrap();
-        let inputs = inputs_of(&r, GOOD, &lock);
+        let inputs = inputs_of(&r, GOOD, &pins);
         let ids: Vec<_> = inputs.iter().map(|i| (i.id.as_str(), i.pin.is_some(), i.line)).collect();
         assert_eq!(
             ids,
@@ -717,7 +750,11 @@ digest = "sha256:111111111111111111111111111111111111111111111111111111111111111
                 ("images/127.0.0.1:5000/test/img:1.0", true, 22),
             ]
         );
-        assert_eq!(parse_lock(&lock.render()).unwrap(), lock);
+        assert_eq!(inputs[1].kind, InputKind::Deb { urls: vec!["http://127.0.0.1:1/hello.deb".into()] });
+        let image =
+            InputKind::Image { reference: "127.0.0.1:5000/test/img:1.0".into(), platform: "linux/amd64".into() };
+        assert_eq!(inputs[3].kind, image);
+        assert_eq!(parse_pins(&pins.render()).unwrap(), pins);
     }
 
     fn err(text: &str) -> String {
@@ -755,9 +792,9 @@ digest = "sha256:111111111111111111111111111111111111111111111111111111111111111
 
     proptest::proptest! {
         #[test]
-        fn locks_round_trip(pins in proptest::collection::btree_map(".{0,40}", proptest::array::uniform32(0u8..), 0..8)) {
-            let lock = Lock { pins: pins.into_iter().map(|(k, v)| (k, Sha256(v))).collect() };
-            proptest::prop_assert_eq!(parse_lock(&lock.render()).unwrap(), lock);
+        fn pins_round_trip(by_id in proptest::collection::btree_map(".{0,40}", proptest::array::uniform32(0u8..), 0..8)) {
+            let pins = Pins { by_id: by_id.into_iter().map(|(k, v)| (k, Sha256(v))).collect() };
+            proptest::prop_assert_eq!(parse_pins(&pins.render()).unwrap(), pins);
         }
 
         #[test]
