@@ -55,6 +55,11 @@ impl Events for Notes {
                 "note: no SSH public key (~/.ssh/id_ed25519.pub or `ssh_public_key`): `hearth ssh` will not get in"
                     .into()
             }
+            Event::NoPlatform => {
+                "note: the recipe has no platform manifests ([[manifests]]): no CNI and no platform will be \
+                                  installed, so the nodes stay NotReady"
+                    .into()
+            }
             Event::HostSide { pki, render, files, domains } if self.verbose => format!(
                 "host side: PKI {:.2} s, platform {:.2} s, overlays and seeds {:.2} s (the network alongside), domains {:.2} s",
                 secs(pki),

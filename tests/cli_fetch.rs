@@ -298,7 +298,7 @@ fn the_default_recipe_loads_and_names_exactly_its_unpinned_inputs() {
     cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
     let r = common::Run::from(cmd.output().unwrap()).fails();
     // README lists these two as left to `hearth lock`; keep both in step.
-    r.stderr_has("9 input(s) of `images/ubuntu-24.04-k8s-1.29.toml` are not pinned");
+    r.stderr_has("10 input(s) of `images/ubuntu-24.04-k8s-1.29.toml` are not pinned");
     r.stderr_has("debs/conntrack (line");
     r.stderr_has("images/registry.k8s.io/kube-proxy:v1.29.15 (line");
     for image in [
@@ -312,5 +312,6 @@ fn the_default_recipe_loads_and_names_exactly_its_unpinned_inputs() {
     ] {
         r.stderr_has(&format!("images/{image} (line"));
     }
+    r.stderr_has("manifests/cert-manager.yaml (line");
     assert!(!env.store.exists(), "nothing may be written");
 }

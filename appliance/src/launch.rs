@@ -23,7 +23,7 @@ use crate::pki::{Pki, PkiError};
 use crate::platform::{self, Plan};
 use crate::seed;
 use crate::spec::{Appliance, NodeSpec};
-use crate::state::{Launched, State};
+use crate::state::{Launched, PlatformRecord, State};
 use crate::xml;
 
 /// Errors of preparing or launching.
@@ -47,6 +47,16 @@ pub enum LaunchError {
     /// The platform does not render or would not run offline.
     #[error(transparent)]
     Platform(#[from] platform::PlatformError),
+    /// A recipe's manifest names a component hearth does not know.
+    #[error(
+        "{recipe}: manifest component `{name}` is not one of flannel, local-path, metallb, cert-manager, ingress-nginx"
+    )]
+    UnknownComponent {
+        /// The recipe.
+        recipe: String,
+        /// The name.
+        name: String,
+    },
 }
 
 fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> LaunchError + 'a {
@@ -106,15 +116,36 @@ pub struct Options<'a> {
 }
 
 /// What the platform is rendered from: the recipe's manifests and what its
-/// image preloads.
+/// image preloads, read from the store as recorded.
 #[derive(Clone, Debug)]
 pub struct PlatformInputs {
     /// The upstream manifests, by component.
     pub sources: platform::Sources,
     /// The images the node image preloads.
     pub preloaded: Vec<platform::Preloaded>,
-    /// The recipe, for messages (`images/...toml`).
-    pub recipe: String,
+    /// Where they came from (kept in the launch record).
+    pub record: PlatformRecord,
+}
+
+impl PlatformInputs {
+    /// Reads the recorded manifests from the store.
+    pub fn load(record: &PlatformRecord) -> Result<PlatformInputs, LaunchError> {
+        let mut sources = platform::Sources::new();
+        for (name, path) in &record.manifests {
+            let c = platform::Component::from_name(name)
+                .ok_or_else(|| LaunchError::UnknownComponent { recipe: record.recipe.clone(), name: name.clone() })?;
+            sources.insert(c, fs::read_to_string(path).map_err(io("reading the platform manifest", path))?);
+        }
+        let preloaded = record
+            .images
+            .iter()
+            .map(|(reference, digest)| platform::Preloaded {
+                reference: reference.clone(),
+                digest: digest.as_deref().and_then(|d| hearth_builder::digest::Sha256::parse_oci(d).ok()),
+            })
+            .collect();
+        Ok(PlatformInputs { sources, preloaded, record: record.clone() })
+    }
 }
 
 /// Prepares every node's files (overlays and seeds are made anew), the nodes
@@ -277,7 +308,7 @@ pub fn up(lv: &Libvirt, a: &Appliance, state: &State, image: &Path, o: &Options)
             let plan = match o.platform {
                 Some(p) => {
                     let plan = platform::render(a, &pki, &p.sources)?;
-                    platform::check(&plan, &p.preloaded, &p.recipe)?;
+                    platform::check(&plan, &p.preloaded, &p.record.recipe)?;
                     Some(plan)
                 }
                 None => None,
@@ -285,7 +316,7 @@ pub fn up(lv: &Libvirt, a: &Appliance, state: &State, image: &Path, o: &Options)
             timings.render = began.elapsed() - timings.pki;
             let plans = prepare(a, &pki, &Image::in_entry(image), o, plan.as_ref())?;
             timings.files = began.elapsed() - timings.pki - timings.render;
-            let launched = Launched::new(a, image, o.generation, o.domain_type, &plans);
+            let launched = Launched::new(a, image, o.generation, o.domain_type, &plans, o.platform.map(|p| &p.record));
             state.save_launched(&launched)?;
             Ok((plans, launched))
         };

@@ -25,7 +25,7 @@ use crate::libvirt::{Libvirt, LibvirtError};
 pub use crate::libvirt::{NetworkUse, Removed};
 use crate::ready::{Checker, Stage, Status, WaitError};
 use crate::spec::{self, Appliance, NodeSpec, SpecError};
-use crate::state::{Launched, LaunchedNode, State, StateError};
+use crate::state::{Launched, LaunchedNode, PlatformRecord, State, StateError};
 
 /// Errors of the verbs. [`Error::hint`] says what to do about the ones a user
 /// can act on.
@@ -180,6 +180,9 @@ impl Error {
 pub enum Event<'a> {
     /// No SSH public key was found: `hearth ssh` will not get in.
     NoSshKey,
+    /// The recipe has no platform manifests: the cluster gets no platform
+    /// (and, without a CNI, no node becomes Ready).
+    NoPlatform,
     /// What was done with the network.
     Network(&'a NetworkUse),
     /// Where the host side of a launch spent its time.
@@ -353,17 +356,33 @@ fn connect(uri: &str) -> Result<Libvirt, Error> {
 }
 
 /// The stored image for `a`, found by its recipe (never built or fetched
-/// here) and kept by a store root while the appliance exists.
-fn find_image(store: &Store, a: &Appliance) -> Result<PathBuf, Error> {
+/// here), with the recipe's platform manifests; a store root keeps them
+/// while the appliance exists.
+fn find_image(store: &Store, a: &Appliance) -> Result<(PathBuf, Option<PlatformRecord>), Error> {
     let loaded =
         recipe::load_recipe(&a.recipe).map_err(|e| Error::Recipe { name: a.name.clone(), source: Box::new(e) })?;
-    let image = build::find_image(store, &loaded).map_err(|e| Error::Image {
-        name: a.name.clone(),
-        recipe: a.recipe.clone(),
-        source: Box::new(e),
-    })?;
-    store.add_root(&store_root_name(a), std::slice::from_ref(&image))?;
-    Ok(store.entry_dir(&image))
+    let not_built = |e| Error::Image { name: a.name.clone(), recipe: a.recipe.clone(), source: Box::new(e) };
+    let (image, filled) = build::find_built(store, &loaded).map_err(not_built)?;
+    let mut keep = vec![image.clone()];
+    let mut platform = None;
+    if !loaded.recipe.manifests.is_empty() {
+        let mut record = PlatformRecord { recipe: a.recipe.display().to_string(), ..Default::default() };
+        for m in &loaded.recipe.manifests {
+            let file = build::input_file(store, &filled, &m.input_id()).map_err(not_built)?;
+            record.manifests.insert(m.component.get_ref().clone(), file);
+            if let Some(f) = filled.iter().find(|f| f.input.id == m.input_id()) {
+                keep.push(f.path.clone());
+            }
+        }
+        for f in &filled {
+            if let recipe::InputKind::Image { reference, .. } = &f.input.kind {
+                record.images.push((reference.clone(), f.input.pin.map(|d| d.oci())));
+            }
+        }
+        platform = Some(record);
+    }
+    store.add_root(&store_root_name(a), &keep)?;
+    Ok((store.entry_dir(&image), platform))
 }
 
 /// `launch`: makes the appliance (or starts its stopped domains, or only looks
@@ -372,9 +391,12 @@ pub fn launch(h: &Host, a: &Appliance, store: &Store, wait: &Wait) -> Result<Sta
     let state = State::new(&h.state_root, &a.name);
     let _held = state.lock()?;
     let lv = connect(&a.libvirt_uri)?;
-    let (image, generation) = match existing(&lv, &state)? {
-        Existing::NotLaunched => (find_image(store, a)?, 1),
-        Existing::Gone(l) => (l.image, l.generation),
+    let (image, platform, generation) = match existing(&lv, &state)? {
+        Existing::NotLaunched => {
+            let (image, platform) = find_image(store, a)?;
+            (image, platform, 1)
+        }
+        Existing::Gone(l) => (l.image, l.platform, l.generation),
         Existing::PartlyGone { launched, missing } => {
             return Err(Error::PartlyGone { name: launched.appliance.name, missing });
         }
@@ -390,7 +412,8 @@ pub fn launch(h: &Host, a: &Appliance, store: &Store, wait: &Wait) -> Result<Sta
             return wait_for(h, &lv, &state, &launched, wait);
         }
     };
-    let launched = bring_up(h, &lv, a, &state, &image, generation, Instant::now())?;
+    let next = Next { image: &image, platform: platform.as_ref(), generation };
+    let launched = bring_up(h, &lv, a, &state, next, Instant::now())?;
     wait_for(h, &lv, &state, &launched, wait)
 }
 
@@ -411,7 +434,8 @@ pub fn reinstall(h: &Host, a: &Appliance, wait: &Wait) -> Result<Status, Error> 
         .map_err(|source| Error::Launch { name: a.name.clone(), source })?;
     state.forget_host_keys()?;
     h.events.event(&Event::TornDown { vms: removed.domains.len(), took: started.elapsed() });
-    let next = bring_up(h, &lv, &l.appliance, &state, &l.image, l.generation + 1, started)?;
+    let next = Next { image: &l.image, platform: l.platform.as_ref(), generation: l.generation + 1 };
+    let next = bring_up(h, &lv, &l.appliance, &state, next, started)?;
     h.events.event(&Event::Reinstalled { took: started.elapsed() });
     wait_for(h, &lv, &state, &next, wait)
 }
@@ -546,6 +570,16 @@ fn ssh_public_key(a: &Appliance, home: Option<&Path>) -> Result<Option<(PathBuf,
     }
 }
 
+/// What a generation is made from.
+struct Next<'a> {
+    /// The image entry directory.
+    image: &'a Path,
+    /// The platform's inputs, if the recipe has any.
+    platform: Option<&'a PlatformRecord>,
+    /// The generation's number.
+    generation: u32,
+}
+
 /// Prepares and starts generation `generation` of `a` from the image entry
 /// `image`; `started` is when the verb began (for the timings reported).
 fn bring_up(
@@ -553,14 +587,23 @@ fn bring_up(
     lv: &Libvirt,
     a: &Appliance,
     state: &State,
-    image: &Path,
-    generation: u32,
+    next: Next,
     started: Instant,
 ) -> Result<Launched, Error> {
+    let Next { image, platform, generation } = next;
     let key = ssh_public_key(a, h.home.as_deref())?;
     if key.is_none() {
         h.events.event(&Event::NoSshKey);
     }
+    let inputs = match platform {
+        Some(record) => Some(
+            launch::PlatformInputs::load(record).map_err(|source| Error::Launch { name: a.name.clone(), source })?,
+        ),
+        None => {
+            h.events.event(&Event::NoPlatform);
+            None
+        }
+    };
     let dtype = domain_type(a);
     let options = Options {
         state: state.dir(),
@@ -568,7 +611,7 @@ fn bring_up(
         generation,
         ssh_key: key.as_ref().map(|(_, k)| k.as_str()),
         domain_type: &dtype,
-        platform: None,
+        platform: inputs.as_ref(),
     };
     let up =
         launch::up(lv, a, state, image, &options).map_err(|source| Error::Launch { name: a.name.clone(), source })?;

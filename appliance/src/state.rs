@@ -76,6 +76,21 @@ pub struct Launched {
     pub domain_type: String,
     /// The nodes.
     pub nodes: Vec<LaunchedNode>,
+    /// What the platform was rendered from (absent: no platform).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<PlatformRecord>,
+}
+
+/// The platform's inputs as launched: a reinstall renders from these again,
+/// without the recipe.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlatformRecord {
+    /// The recipe (for messages).
+    pub recipe: String,
+    /// Each component's manifest file in the store.
+    pub manifests: std::collections::BTreeMap<String, PathBuf>,
+    /// The images the node image preloads: reference and pinned digest.
+    pub images: Vec<(String, Option<String>)>,
 }
 
 impl Launched {
@@ -86,6 +101,7 @@ impl Launched {
         generation: u32,
         domain_type: &str,
         plans: &[crate::launch::NodePlan],
+        platform: Option<&PlatformRecord>,
     ) -> Launched {
         Launched {
             appliance: a.clone(),
@@ -102,6 +118,7 @@ impl Launched {
                     console_log: p.console_log.clone(),
                 })
                 .collect(),
+            platform: platform.cloned(),
         }
     }
 }
@@ -246,6 +263,7 @@ mod tests {
             generation: 2,
             domain_type: "qemu".into(),
             nodes: vec![],
+            platform: None,
         };
         s.save_launched(&l).unwrap();
         assert_eq!(s.launched().unwrap(), Some(l));

@@ -68,6 +68,7 @@ fn launched_on(lv: &Libvirt, a: &Appliance, state: &State, dir: &Path) -> Vec<St
             generation: 1,
             domain_type: "qemu".into(),
             nodes,
+            platform: None,
         })
         .unwrap();
     domains

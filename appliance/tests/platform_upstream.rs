@@ -341,3 +341,32 @@ fn hearths_yaml_reading_agrees_with_pyyaml_on_every_upstream_manifest() {
         assert_eq!(ours, theirs, "{rel}");
     }
 }
+
+#[test]
+fn the_default_recipes_manifest_pins_are_the_upstream_files() {
+    let Some(up) = upstream() else { return };
+    let tsv = fs::read_to_string(up.join("FILES.tsv")).unwrap();
+    // raw_url -> (component_dir, path, sha256)
+    let rows: Vec<Vec<&str>> = tsv.lines().skip(1).map(|l| l.split('\t').collect()).collect();
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../images/ubuntu-24.04-k8s-1.29.toml");
+    let recipe: toml::Value = toml::from_str(&fs::read_to_string(path).unwrap()).unwrap();
+    let manifests = recipe["manifests"].as_array().unwrap();
+    let mut components: Vec<&str> = manifests.iter().map(|m| m["component"].as_str().unwrap()).collect();
+    components.sort();
+    assert_eq!(components, ["cert-manager", "flannel", "ingress-nginx", "local-path", "metallb"]);
+    let mut pinned = 0;
+    for m in manifests {
+        assert!(Component::from_name(m["component"].as_str().unwrap()).is_some());
+        let url = m["urls"][0].as_str().unwrap();
+        let Some(sha) = m.get("sha256").and_then(|s| s.as_str()) else {
+            assert_eq!(m["component"].as_str(), Some("cert-manager"), "only the release asset is left to hearth lock");
+            continue;
+        };
+        let row = rows.iter().find(|r| r[8] == url).unwrap_or_else(|| panic!("{url} is not in FILES.tsv"));
+        assert_eq!(row[5], sha, "{url}");
+        let bytes = fs::read(up.join(row[0]).join(row[4])).unwrap();
+        assert_eq!(Sha256::of(&bytes).hex(), sha, "the upstream copy of {url}");
+        pinned += 1;
+    }
+    assert_eq!(pinned, 4);
+}

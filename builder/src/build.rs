@@ -132,6 +132,12 @@ pub fn image_key(loaded: &LoadedRecipe, inputs: &[Filled]) -> Result<EntryKey, B
 /// Finds the image a recipe describes without the network and without
 /// building: every input is looked up by its pin, then the image by its key.
 pub fn find_image(store: &Store, loaded: &LoadedRecipe) -> Result<StorePath, BuildError> {
+    find_built(store, loaded).map(|(image, _)| image)
+}
+
+/// [`find_image`], with the inputs it found (for what launch takes from them:
+/// the platform manifests).
+pub fn find_built(store: &Store, loaded: &LoadedRecipe) -> Result<(StorePath, Vec<Filled>), BuildError> {
     let recipe = loaded.path.display().to_string();
     let not_built = |why: String| BuildError::NotBuilt { recipe: recipe.clone(), why };
     let mut filled = Vec::new();
@@ -139,16 +145,19 @@ pub fn find_image(store: &Store, loaded: &LoadedRecipe) -> Result<StorePath, Bui
         let pin = input.pin.ok_or_else(|| not_built(format!("`{}` is not pinned", input.id)))?;
         let key = match &input.kind {
             InputKind::Image { platform, .. } => EntryKey::Oci { digest: pin, platform: platform.clone() },
-            InputKind::Base { .. } | InputKind::Deb { .. } | InputKind::Archive { .. } | InputKind::File { .. } => {
-                EntryKey::Fixed(pin)
-            }
+            InputKind::Base { .. }
+            | InputKind::Deb { .. }
+            | InputKind::Archive { .. }
+            | InputKind::File { .. }
+            | InputKind::Manifest { .. } => EntryKey::Fixed(pin),
         };
         let path = store.lookup(&key)?.ok_or_else(|| not_built(format!("input `{}` is missing", input.id)))?;
         filled.push(Filled { input, path, downloaded: false });
     }
-    store
+    let image = store
         .lookup(&image_key(loaded, &filled)?)?
-        .ok_or_else(|| not_built("its inputs are there, the image is not".into()))
+        .ok_or_else(|| not_built("its inputs are there, the image is not".into()))?;
+    Ok((image, filled))
 }
 
 /// Builds the image (or finds it in the store).
@@ -220,7 +229,7 @@ impl Drop for WorkDir {
 }
 
 /// The single file inside a fixed-output entry.
-fn input_file(store: &Store, inputs: &[Filled], id: &str) -> Result<PathBuf, BuildError> {
+pub fn input_file(store: &Store, inputs: &[Filled], id: &str) -> Result<PathBuf, BuildError> {
     let f = inputs.iter().find(|f| f.input.id == id).ok_or_else(|| BuildError::MissingInput(id.to_owned()))?;
     let m = store.manifest(&f.path)?;
     let name = m.outputs.keys().next().ok_or_else(|| BuildError::MissingInput(id.to_owned()))?;

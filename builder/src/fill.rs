@@ -142,7 +142,8 @@ pub async fn fill(fetcher: &Fetcher, store: &Store, recipe: &LoadedRecipe) -> Re
                     InputKind::Base { urls }
                     | InputKind::Deb { urls }
                     | InputKind::Archive { urls }
-                    | InputKind::File { urls } => format!("sha256 {pin}, from {}", urls.join(" or ")),
+                    | InputKind::File { urls }
+                    | InputKind::Manifest { urls } => format!("sha256 {pin}, from {}", urls.join(" or ")),
                 };
                 missing.push(format!("{} (line {}): {from}", input.id, input.line));
             }
@@ -177,7 +178,11 @@ async fn fill_one(fetcher: &Fetcher, store: &Store, input: Input, pin: Sha256) -
             .await
             .map(|p| (p.path, p.downloaded))
             .map_err(|e| (matches!(e, OciError::Offline { .. }), crate::report::error_chain(&e))),
-        InputKind::Base { urls } | InputKind::Deb { urls } | InputKind::Archive { urls } | InputKind::File { urls } => {
+        InputKind::Base { urls }
+        | InputKind::Deb { urls }
+        | InputKind::Archive { urls }
+        | InputKind::File { urls }
+        | InputKind::Manifest { urls } => {
             let req = FileRequest { name: input.name.clone(), urls: urls.clone(), sha256: pin };
             fetcher
                 .fetch_file(store, &req)

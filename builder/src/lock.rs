@@ -112,9 +112,11 @@ async fn resolve_one(fetcher: &Fetcher, store: &Store, input: &Input) -> Result<
         InputKind::Image { reference, .. } => {
             return oci::resolve(fetcher, reference).await.map_err(|e: OciError| crate::report::error_chain(&e));
         }
-        InputKind::Base { urls } | InputKind::Deb { urls } | InputKind::Archive { urls } | InputKind::File { urls } => {
-            urls
-        }
+        InputKind::Base { urls }
+        | InputKind::Deb { urls }
+        | InputKind::Archive { urls }
+        | InputKind::File { urls }
+        | InputKind::Manifest { urls } => urls,
     };
     let tmp = store.root().join(".tmp").join(format!("lock.{}.{}", std::process::id(), fetcher.task_id()));
     let result = async {

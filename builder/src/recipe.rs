@@ -38,6 +38,11 @@
 //! [[images]]
 //! reference = "registry.k8s.io/pause:3.9"
 //! digest = "sha256:..."
+//! [[manifests]]                # fetched and kept with the image, not placed in it:
+//! name = "kube-flannel.yml"    # `hearth launch` renders it for the appliance
+//! component = "flannel"
+//! urls = ["https://.../kube-flannel.yml"]
+//! sha256 = "..."
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -388,6 +393,25 @@ pub struct Recipe {
     /// OCI images to preload.
     #[serde(default)]
     pub images: Vec<ImageSpec>,
+    /// Platform manifests (kept with the image, rendered per appliance).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub manifests: Vec<ManifestSpec>,
+}
+
+/// A platform manifest: downloaded and kept in the image's closure, never
+/// placed in the image; `hearth launch` renders it for the appliance.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestSpec {
+    /// Input name (the file's name in its store entry).
+    pub name: Spanned<String>,
+    /// The platform component it installs (`flannel`, `local-path`, `metallb`,
+    /// `cert-manager`, `ingress-nginx`).
+    pub component: Spanned<String>,
+    /// Where to fetch it.
+    pub urls: Vec<FetchUrl>,
+    /// Pinned digest (or from the pins file).
+    pub sha256: Option<Sha256>,
 }
 
 /// Which kind of input, with what that kind needs to be fetched.
@@ -413,6 +437,11 @@ pub enum InputKind {
         /// URLs, in order.
         urls: Vec<String>,
     },
+    /// A platform manifest, downloaded (kept, not placed in the image).
+    Manifest {
+        /// URLs, in order.
+        urls: Vec<String>,
+    },
     /// An OCI image, pulled from its registry.
     Image {
         /// The image reference.
@@ -431,6 +460,7 @@ impl InputKind {
             InputKind::Archive { .. } => ARCHIVES,
             InputKind::File { .. } => FILES,
             InputKind::Image { .. } => IMAGES,
+            InputKind::Manifest { .. } => MANIFESTS,
         }
     }
 }
@@ -440,6 +470,7 @@ const DEBS: &str = "debs";
 const ARCHIVES: &str = "archives";
 const FILES: &str = "files";
 const IMAGES: &str = "images";
+const MANIFESTS: &str = "manifests";
 
 /// An input's id: `<section>/<key>`, the pins file's key.
 fn input_id(section: &str, key: &str) -> String {
@@ -464,6 +495,13 @@ impl Archive {
     /// Its input's id.
     pub fn input_id(&self) -> String {
         input_id(ARCHIVES, self.name.get_ref())
+    }
+}
+
+impl ManifestSpec {
+    /// Its input's id.
+    pub fn input_id(&self) -> String {
+        input_id(MANIFESTS, self.name.get_ref())
     }
 }
 
@@ -582,7 +620,10 @@ pub fn parse_recipe(text: &str) -> Result<Recipe, RecipeError> {
             message: e.to_string(),
         })?;
         let no_url = match &input.kind {
-            InputKind::Base { urls } | InputKind::Deb { urls } | InputKind::Archive { urls } => urls.is_empty(),
+            InputKind::Base { urls }
+            | InputKind::Deb { urls }
+            | InputKind::Archive { urls }
+            | InputKind::Manifest { urls } => urls.is_empty(),
             // A file without URLs is not an input; an image has none.
             InputKind::File { .. } | InputKind::Image { .. } => false,
         };
@@ -661,6 +702,10 @@ pub fn inputs_of(recipe: &Recipe, text: &str, pins: &Pins) -> Vec<Input> {
         let r = i.reference.get_ref();
         let kind = InputKind::Image { reference: r.clone(), platform: i.platform.clone() };
         out.push(input(kind, i.input_id(), sanitize_name(r), i.digest, i.reference.span()));
+    }
+    for m in &recipe.manifests {
+        let kind = InputKind::Manifest { urls: urls(&m.urls) };
+        out.push(input(kind, m.input_id(), m.name.get_ref().clone(), m.sha256, m.name.span()));
     }
     out
 }

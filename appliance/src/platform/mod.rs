@@ -77,6 +77,11 @@ impl Component {
         }
     }
 
+    /// The component a recipe's `component = "..."` names.
+    pub fn from_name(name: &str) -> Option<Component> {
+        Component::ALL.into_iter().find(|c| c.name() == name)
+    }
+
     fn enabled(self, a: &Appliance) -> bool {
         let c = &a.platform.components;
         match self {
