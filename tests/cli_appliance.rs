@@ -220,3 +220,99 @@ fn bad_appliances_are_refused_before_anything_is_made() {
     env.run(&["reinstall", spec_s]).fails().stderr_has("appliance `lab` was never launched here");
     env.run(&["destroy", spec_s]).ok().stdout_has("nothing to destroy");
 }
+
+/// A Flannel manifest of the upstream shape (its ConfigMap and DaemonSet),
+/// running an image the test's recipe preloads.
+fn small_flannel(image: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: kube-flannel\n---\n\
+         apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: kube-flannel-cfg\n  namespace: kube-flannel\ndata:\n  \
+         net-conf.json: |\n    {{\n      \"Network\": \"10.244.0.0/16\",\n      \"Backend\": {{ \"Type\": \"vxlan\" }}\n    }}\n---\n\
+         apiVersion: apps/v1\nkind: DaemonSet\nmetadata:\n  name: kube-flannel-ds\n  namespace: kube-flannel\nspec:\n  \
+         selector:\n    matchLabels:\n      app: flannel\n  template:\n    metadata:\n      labels:\n        app: flannel\n    \
+         spec:\n      containers:\n      - name: kube-flannel\n        image: {image}\n"
+    )
+}
+
+#[test]
+fn the_platform_plan_rides_on_the_control_planes_seed_and_a_plan_needing_a_missing_image_is_refused() {
+    if !tools_present() || !require_tool("isoinfo") {
+        return;
+    }
+    let mut env = Env::isolated();
+    let state = env.path("state");
+    env.env("HEARTH_STATE", state.to_str().unwrap());
+    let spec = setup(&env);
+    let dir = spec.parent().unwrap().to_owned();
+    let srv = hearth_testsupport::Server::start();
+    let fx = common::oci::fixture();
+    let image = common::oci::serve_image(&srv, &fx, "test/img", "1.0");
+    // Only Flannel: the other components are off in this appliance.
+    fs::write(
+        &spec,
+        format!(
+            "{}[platform.components]\nlocal_path = false\nmetallb = false\ncert_manager = false\ningress_nginx = false\n",
+            fs::read_to_string(&spec).unwrap()
+        ),
+    )
+    .unwrap();
+    let recipe = dir.join("node.toml");
+    let base_recipe = fs::read_to_string(&recipe).unwrap();
+    let with_flannel = |manifest: &str| {
+        let path = dir.join("flannel.yml");
+        fs::write(&path, manifest).unwrap();
+        let sha = sha256_hex(manifest.as_bytes());
+        fs::write(
+            &recipe,
+            format!(
+                "{base_recipe}[[images]]\nreference = \"{image}\"\ndigest = \"{}\"\n\
+                 [[manifests]]\nname = \"flannel.yml\"\ncomponent = \"flannel\"\nurls = [\"file://{}\"]\nsha256 = \"{sha}\"\n",
+                fx.index,
+                path.display()
+            ),
+        )
+        .unwrap();
+        env.run(&["build", recipe.to_str().unwrap()]).ok();
+    };
+    let spec_s = spec.to_str().unwrap();
+
+    // A manifest naming an image the node image does not preload: refused
+    // before any domain is defined, naming the object and the recipe lines.
+    with_flannel(&small_flannel("docker.io/flannel/flannel:v0.25.5"));
+    let r = env.run(&["launch", spec_s, "--wait", "running"]).fails();
+    r.stderr_has("the platform would not run offline")
+        .stderr_has("DaemonSet kube-flannel/kube-flannel-ds container `kube-flannel`")
+        .stderr_has("image `docker.io/flannel/flannel:v0.25.5` is not preloaded by")
+        .stderr_has("reference = \"docker.io/flannel/flannel:v0.25.5\"");
+    assert!(!state.join("lab/launched.json").exists(), "nothing may be recorded for a refused plan");
+    env.run(&["destroy", spec_s]).ok();
+
+    // The preloaded image: the plan is rendered and rides on the control plane's seed.
+    with_flannel(&small_flannel(&image));
+    env.run(&["launch", spec_s, "--wait", "running"]).ok();
+    let seed = dir.join("storage/lab-k8s-control-plane.seed.iso");
+    let list = Command::new("isoinfo").args(["-f", "-R", "-i"]).arg(&seed).output().unwrap();
+    let list = String::from_utf8_lossy(&list.stdout);
+    assert!(list.lines().any(|l| l == "/platform/10-flannel/kube-flannel.yaml"), "{list}");
+    let plan = Command::new("isoinfo").args(["-R", "-x", "/platform/plan", "-i"]).arg(&seed).output().unwrap();
+    let plan = String::from_utf8_lossy(&plan.stdout);
+    assert!(plan.contains("step 10-flannel 600\n") && plan.contains("nodes 3\n"), "{plan}");
+    let rendered =
+        fs::read_to_string(state.join("lab/seeds/k8s-control-plane/platform/10-flannel/kube-flannel.yaml")).unwrap();
+    assert!(rendered.contains(&image) && rendered.contains("10.244.0.0/16"), "{rendered}");
+    let worker = Command::new("isoinfo")
+        .args(["-f", "-R", "-i"])
+        .arg(dir.join("storage/lab-k8s-worker-1.seed.iso"))
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&worker.stdout).contains("platform"));
+    // The record keeps the manifest for reinstall, which renders the same plan offline.
+    let launched: serde_json::Value =
+        serde_json::from_slice(&fs::read(state.join("lab/launched.json")).unwrap()).unwrap();
+    assert!(launched["platform"]["manifests"]["flannel"].as_str().unwrap().ends_with("/flannel.yml"));
+    env.run(&["reinstall", spec_s, "--wait", "running", "--offline"]).ok();
+    let again =
+        fs::read_to_string(state.join("lab/seeds/k8s-control-plane/platform/10-flannel/kube-flannel.yaml")).unwrap();
+    assert_eq!(again, rendered);
+    env.run(&["destroy", spec_s]).ok();
+}

@@ -24,8 +24,9 @@ pub struct Env {
 pub enum Net {
     /// The test's own: fine for verbs that reach only loopback.
     Host,
-    /// A fresh, empty network namespace per run (`unshare --net`): every node
-    /// address is unreachable, nothing leaves the machine.
+    /// The verbs that probe nodes run in a fresh, empty network namespace
+    /// (`unshare --net`): every node address is unreachable, nothing leaves the
+    /// machine. The others (build, fetch from loopback servers) run here.
     Unshared,
     /// A named namespace the test made (`ip netns exec NAME`).
     Namespace(String),
@@ -45,7 +46,7 @@ impl Env {
         Env { dir, store, home, extra_env: Vec::new(), net: Net::Host }
     }
 
-    /// An Env whose `hearth` runs in a fresh network namespace each time.
+    /// An Env whose probing verbs run in a fresh network namespace each time.
     pub fn isolated() -> Env {
         Env { net: Net::Unshared, ..Env::new() }
     }
@@ -63,7 +64,8 @@ impl Env {
     /// settings, in the test's network (see [`Net`]).
     pub fn cmd(&self, args: &[&str]) -> Command {
         let bin = env!("CARGO_BIN_EXE_hearth");
-        if let (Net::Host, Some(verb)) = (&self.net, args.iter().find(|a| PROBING_VERBS.contains(a))) {
+        let probing = args.iter().find(|a| PROBING_VERBS.contains(a));
+        if let (Net::Host, Some(verb)) = (&self.net, probing) {
             panic!(
                 "`hearth {verb}` probes node addresses: run it in a network namespace of the test's own \
                  (Env::isolated, or Net::Namespace), never in the host's network"
@@ -71,6 +73,7 @@ impl Env {
         }
         let mut c = match &self.net {
             Net::Host => Command::new(bin),
+            Net::Unshared if probing.is_none() => Command::new(bin),
             Net::Unshared => {
                 let mut c = Command::new("unshare");
                 c.arg("--net");
