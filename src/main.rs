@@ -5,7 +5,7 @@
 
 mod cli;
 mod cmd_appliance;
-mod cmd_fetch;
+mod cmd_build;
 mod cmd_store;
 mod dirs;
 mod progress;
@@ -64,10 +64,10 @@ fn tune_allocator() {
 fn run(cli: Cli) -> CmdResult {
     let g = &cli.global;
     match cli.command {
-        Command::Fetch(a) => cmd_fetch::fetch(g, &a.recipe),
+        Command::Fetch(a) => cmd_build::fetch(g, &a.recipe),
         Command::Store(c) => cmd_store::run(g, c),
-        Command::Build(a) => cmd_fetch::build(g, &a.recipe, a.check),
-        Command::Lock(a) => cmd_fetch::lock(g, &a.recipe, a.update),
+        Command::Build(a) => cmd_build::build(g, &a.recipe, a.check),
+        Command::Lock(a) => cmd_build::lock(g, &a.recipe, a.update),
         Command::Launch(a) => cmd_appliance::launch(g, &a),
         Command::Status(a) => cmd_appliance::status(g, &a),
         Command::Reinstall(a) => cmd_appliance::reinstall(g, &a),

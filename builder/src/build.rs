@@ -27,8 +27,7 @@ use crate::files::{self, FileError, PathReader};
 use crate::fill::Filled;
 use crate::format::ext4::{read as ext4r, write as ext4w};
 use crate::format::gpt::{self, Gpt, SECTOR};
-use crate::format::qcow2::{Qcow2, Qcow2Error};
-use crate::format::qcow2_write;
+use crate::format::qcow2::{self, Qcow2, Qcow2Error};
 use crate::layers::{self, LayerError, Spill, Unpack};
 use crate::recipe::{BaseFormat, Compression, InputKind, LoadedRecipe, RootSelector};
 use crate::report::Reporter;
@@ -372,7 +371,7 @@ fn copy_nonzero(
 fn ext4_label(disk: &File, p: &gpt::Partition) -> Option<Vec<u8>> {
     let mut sb = [0u8; 1024];
     disk.read_exact_at(&mut sb, p.first_lba * SECTOR + 1024).ok()?;
-    if u16::from_le_bytes([sb[56], sb[57]]) != crate::format::ext4::MAGIC {
+    if crate::format::endian::le16(&sb, 56) != crate::format::ext4::MAGIC {
         return None;
     }
     let mut label = sb[120..136].to_vec();
@@ -514,7 +513,7 @@ fn build_outputs(
             let mut read_at = |off: u64, buf: &mut [u8]| {
                 raw.read_exact_at(buf, off).map_err(|e| FileError::at("reading", &raw_path)(e).into())
             };
-            qcow2_write::write_qcow2_sparse(&mut read_at, &data, sectors * SECTOR, &mut out, threads)
+            qcow2::write::write_qcow2_sparse(&mut read_at, &data, sectors * SECTOR, &mut out, threads)
                 .map_err(FileError::carried_or("writing", &qcow))?;
             out.sync_all().map_err(FileError::at("flushing", &qcow))?;
         }

@@ -1,8 +1,6 @@
 //! The ext4 writer judged by e2fsprogs: `e2fsck -fn` must find nothing to fix,
 //! and `debugfs` must read back every file, link, device, owner, mode and xattr.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -41,7 +39,7 @@ fn pattern(offset: u64, len: usize) -> Vec<u8> {
 }
 
 fn tool_ok(tool: &str) -> bool {
-    common::require_tool(tool, "-V")
+    hearth_testsupport::require_tool(tool)
 }
 
 fn meta(perm: u16, uid: u32, gid: u32) -> Meta {

@@ -2,8 +2,6 @@
 //! metadata_csum, as cloud images are made), and against the writer (a tree
 //! written then read is the same tree).
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
@@ -62,7 +60,7 @@ fn flatten(tree: &Tree, src: &File) -> BTreeMap<String, String> {
 
 #[test]
 fn reads_what_mke2fs_makes() {
-    if !common::require_tool("mke2fs", "-V") {
+    if !hearth_testsupport::require_tool("mke2fs") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

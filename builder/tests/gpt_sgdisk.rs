@@ -2,8 +2,6 @@
 //! image's shape: BIOS boot, ESP, /boot, root last), and what it writes for a
 //! larger disk with the root grown passes `sgdisk -v` with every GUID kept.
 
-mod common;
-
 use std::fs::File;
 use std::process::Command;
 
@@ -17,7 +15,7 @@ fn sgdisk(args: &[&str]) -> String {
 
 #[test]
 fn reads_and_regrows_an_ubuntu_shaped_table() {
-    if !common::require_tool("sgdisk", "--version") {
+    if !hearth_testsupport::require_tool("sgdisk") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -1,14 +1,12 @@
 //! The qcow2 reader against images written by the real `qemu-img`: every variant a
 //! base image may come in must read back as the raw disk it was made from.
 
-mod common;
-
 use std::process::Command;
 
 use hearth_builder::format::qcow2::{Compression, Qcow2};
 
 fn have_qemu_img() -> bool {
-    common::require_tool("qemu-img", "--version")
+    hearth_testsupport::require_tool("qemu-img")
 }
 
 /// A raw disk with data, runs of zeros and a tail that is not cluster-aligned.
@@ -108,7 +106,7 @@ fn qemu_img_accepts_what_hearth_writes() {
     std::fs::write(&raw_path, &raw).unwrap();
     let out_path = dir.path().join("hearth.qcow2");
     let mut out = std::fs::File::create(&out_path).unwrap();
-    hearth_builder::format::qcow2_write::write_qcow2(&raw[..], raw.len() as u64, &mut out, 2).unwrap();
+    hearth_builder::format::qcow2::write::write_qcow2(&raw[..], raw.len() as u64, &mut out, 2).unwrap();
     drop(out);
     let check = Command::new("qemu-img").args(["check", "--output=json"]).arg(&out_path).output().unwrap();
     let report = String::from_utf8_lossy(&check.stdout);

@@ -204,18 +204,9 @@ pub fn write_recipe(path: &Path, base: &Item, items: &[Item]) {
     std::fs::write(path, t).unwrap();
 }
 
-/// Whether an external tool is on PATH. A missing tool skips the test loudly on a
-/// developer's machine and fails it under CI or `tests/ci.sh`, where it must exist.
-pub fn require_tool(tool: &str) -> bool {
-    let found =
-        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file())).unwrap_or(false);
-    if !found {
-        let required = std::env::var_os("CI").is_some() || std::env::var_os("HEARTH_REQUIRE_TOOLS").is_some();
-        assert!(!required, "`{tool}` is required here (CI or HEARTH_REQUIRE_TOOLS) but is not installed");
-        eprintln!("SKIPPED: `{tool}` is not installed (README's test command installs it)");
-    }
-    found
-}
+/// The suites' one tool check (not every suite calls it).
+#[allow(unused_imports)]
+pub use hearth_testsupport::require_tool;
 
 /// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).
 pub fn free_port() -> u16 {

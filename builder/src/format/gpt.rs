@@ -6,6 +6,8 @@
 
 use std::io::{self, Read, Seek, SeekFrom};
 
+use super::endian::{le16, le32, le64};
+
 /// Bytes per logical block.
 pub const SECTOR: u64 = 512;
 const SIGNATURE: &[u8; 8] = b"EFI PART";
@@ -64,8 +66,7 @@ impl Partition {
     }
     /// The name as text.
     pub fn name_string(&self) -> String {
-        let units: Vec<u16> =
-            self.name.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).take_while(|u| *u != 0).collect();
+        let units: Vec<u16> = self.name.chunks_exact(2).map(|c| le16(c, 0)).take_while(|u| *u != 0).collect();
         String::from_utf16_lossy(&units)
     }
 }
@@ -122,13 +123,6 @@ pub fn guid_string(b: &[u8; 16]) -> String {
         "{:02X}{:02X}{:02X}{:02X}-{:02X}{:02X}-{:02X}{:02X}-{:02X}{:02X}-{:02X}{:02X}{:02X}{:02X}{:02X}{:02X}",
         b[3], b[2], b[1], b[0], b[5], b[4], b[7], b[6], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]
     )
-}
-
-fn le32(b: &[u8], o: usize) -> u32 {
-    u32::from_le_bytes(b[o..o + 4].try_into().expect("4"))
-}
-fn le64(b: &[u8], o: usize) -> u64 {
-    u64::from_le_bytes(b[o..o + 8].try_into().expect("8"))
 }
 
 impl Gpt {

@@ -4,10 +4,10 @@
 //! fuzzed.
 
 pub mod deb;
+pub mod endian;
 pub mod ext4;
 pub mod gpt;
 pub mod qcow2;
-pub mod qcow2_write;
 
 /// 64 KiB of zeros, to compare against.
 static ZEROS: [u8; 65536] = [0; 65536];

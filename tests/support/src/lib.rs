@@ -1,6 +1,7 @@
 //! Support for hearth's end-to-end tests and benchmarks: a real HTTP/1.1 server on
 //! loopback whose routes can misbehave on purpose (wrong bytes, cut connections,
-//! error statuses, trickles, redirects, throttling), counting what it served.
+//! error statuses, trickles, redirects, throttling), counting what it served; and
+//! the one check every suite makes for the external tools it needs.
 //!
 //! It is hand-written on tokio's TCP so that faults sit exactly where a test wants
 //! them; it speaks enough HTTP for real clients (curl, reqwest): GET, `Range:
@@ -392,4 +393,17 @@ pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
     }
     out.truncate(len);
     out
+}
+
+/// Whether an external tool is on PATH. A missing tool skips the test loudly on a
+/// developer's machine and fails it under CI or `tests/ci.sh`
+/// (`HEARTH_REQUIRE_TOOLS`), where it must exist.
+pub fn require_tool(tool: &str) -> bool {
+    let found = std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()));
+    if !found {
+        let required = std::env::var_os("CI").is_some() || std::env::var_os("HEARTH_REQUIRE_TOOLS").is_some();
+        assert!(!required, "`{tool}` is required here (CI or HEARTH_REQUIRE_TOOLS) but is not installed");
+        eprintln!("SKIPPED: `{tool}` is not installed (README's test command installs it)");
+    }
+    found
 }

@@ -115,7 +115,7 @@ pub fn xattr_entry_hash(name: &[u8], value: &[u8]) -> u32 {
     let mut padded = value.to_vec();
     padded.resize(value.len().div_ceil(4) * 4, 0);
     for w in padded.chunks_exact(4) {
-        hash = (hash << 16) ^ (hash >> 16) ^ u32::from_le_bytes(w.try_into().expect("4"));
+        hash = (hash << 16) ^ (hash >> 16) ^ crate::format::endian::le32(w, 0);
     }
     hash
 }

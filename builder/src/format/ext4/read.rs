@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Read, Seek, SeekFrom};
 
 use super::*;
+use crate::format::endian::{le16, le32};
 use crate::tree::{Data, Kind, Meta, Node, NodeId, Piece, ROOT, Tree};
 
 /// Deepest extent tree accepted (ext4's own maximum is 5).
@@ -52,13 +53,6 @@ pub struct Info {
     pub blocks: u64,
     /// Inodes in use (counted while reading).
     pub inodes_used: u64,
-}
-
-fn le16(b: &[u8], o: usize) -> u16 {
-    u16::from_le_bytes([b[o], b[o + 1]])
-}
-fn le32(b: &[u8], o: usize) -> u32 {
-    u32::from_le_bytes(b[o..o + 4].try_into().expect("4"))
 }
 
 struct Fs<'a, R> {

@@ -1,9 +1,12 @@
-//! `hearth fetch`: fill the store with a recipe's inputs.
+//! `hearth fetch`, `hearth lock` and `hearth build`: a recipe's inputs into the
+//! store, its pins into its pins file, its image into the store.
 
+use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use hearth_builder::store::Store;
 use hearth_builder::{build, config, fetch::Fetcher, fill, lock, recipe};
 
 use crate::cli::Global;
@@ -23,16 +26,36 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
 }
 
+/// What the three verbs share: the store, the progress display and a fetcher
+/// that reports to it.
+struct Session {
+    store: Store,
+    progress: Arc<Progress>,
+    fetcher: Fetcher,
+}
+
+impl Session {
+    fn open(g: &Global) -> anyhow::Result<Session> {
+        let store = crate::open_store(g)?;
+        let progress = Arc::new(Progress::new(g.quiet));
+        let fetcher = Fetcher::new(fetch_options(g)?, progress.clone())?;
+        Ok(Session { store, progress, fetcher })
+    }
+
+    /// Runs `work` to completion on a fresh runtime, then clears the progress bars.
+    fn run<T>(&self, work: impl Future<Output = T>) -> anyhow::Result<T> {
+        let out = runtime()?.block_on(work);
+        self.progress.finish();
+        Ok(out)
+    }
+}
+
 pub fn fetch(g: &Global, recipe_path: &Path) -> CmdResult {
     let loaded = recipe::load_recipe(recipe_path)?;
     let result = match fill::check_pinned(&loaded) {
         Ok(()) => {
-            let store = crate::open_store(g)?;
-            let progress = Arc::new(Progress::new(g.quiet));
-            let fetcher = Fetcher::new(fetch_options(g)?, progress.clone())?;
-            let r = runtime()?.block_on(fill::fill(&fetcher, &store, &loaded)).map(|report| (report, store));
-            progress.finish();
-            r
+            let s = Session::open(g)?;
+            s.run(fill::fill(&s.fetcher, &s.store, &loaded))?.map(|report| (report, s.store))
         }
         Err(e) => Err(e),
     };
@@ -61,11 +84,8 @@ pub fn fetch(g: &Global, recipe_path: &Path) -> CmdResult {
 
 pub fn lock(g: &Global, recipe_path: &Path, update: bool) -> CmdResult {
     let loaded = recipe::load_recipe(recipe_path)?;
-    let store = crate::open_store(g)?;
-    let progress = Arc::new(Progress::new(g.quiet));
-    let fetcher = Fetcher::new(fetch_options(g)?, progress.clone())?;
-    let result = runtime()?.block_on(lock::lock(&fetcher, &store, &loaded, update));
-    progress.finish();
+    let s = Session::open(g)?;
+    let result = s.run(lock::lock(&s.fetcher, &s.store, &loaded, update))?;
     let report = result.with_context(|| format!("locking `{}`", recipe_path.display()))?;
     for (id, pin) in &report.resolved {
         println!("pinned  {id} = {}", pin.oci());
@@ -85,15 +105,12 @@ pub fn build(g: &Global, recipe_path: &Path, check: bool) -> CmdResult {
         Failure { error: anyhow::Error::new(e).context(format!("building `{}`", recipe_path.display())), hint }
     };
     fill::check_pinned(&loaded).map_err(hint)?;
-    let store = crate::open_store(g)?;
-    let progress = Arc::new(Progress::new(g.quiet));
-    let fetcher = Fetcher::new(fetch_options(g)?, progress.clone())?;
-    let filled = runtime()?.block_on(fill::fill(&fetcher, &store, &loaded));
-    progress.finish();
-    let report = filled.map_err(hint)?;
+    let s = Session::open(g)?;
+    let report = s.run(fill::fill(&s.fetcher, &s.store, &loaded))?.map_err(hint)?;
+    let (store, progress) = (&s.store, s.progress.as_ref());
     let context = || format!("building `{}`", recipe_path.display());
     if check {
-        let (path, differ) = build::check(&store, &loaded, &report.inputs, progress.as_ref()).with_context(context)?;
+        let (path, differ) = build::check(store, &loaded, &report.inputs, progress).with_context(context)?;
         if differ.is_empty() {
             println!("{}: rebuilt bit for bit", store.entry_dir(&path).display());
             return Ok(());
@@ -103,7 +120,7 @@ pub fn build(g: &Global, recipe_path: &Path, check: bool) -> CmdResult {
             hint: None,
         });
     }
-    let built = build::build(&store, &loaded, &report.inputs, progress.as_ref()).with_context(context)?;
+    let built = build::build(store, &loaded, &report.inputs, progress).with_context(context)?;
     if !built.built && !g.quiet {
         eprintln!("already built");
     }

@@ -11,14 +11,13 @@
 
 use std::io::{self, Read, Seek, SeekFrom, Write};
 
+use super::{COMPRESSED, COPIED, HEADER_LEN, INCOMPAT_COMPRESSION, MAGIC};
+
 /// log2 of the cluster size.
 pub const CLUSTER_BITS: u32 = 16;
 const CLUSTER: u64 = 1 << CLUSTER_BITS;
 /// zstd level (qemu's default for qcow2 is 3 too).
 pub const ZSTD_LEVEL: i32 = 3;
-const HEADER_LEN: u32 = 112;
-const COPIED: u64 = 1 << 63;
-const COMPRESSED: u64 = 1 << 62;
 /// 16-bit refcounts.
 const REFCOUNT_ORDER: u32 = 4;
 const REFS_PER_BLOCK: u64 = CLUSTER / 2;
@@ -188,7 +187,7 @@ pub fn write_qcow2_sparse<W: Write + Seek>(
     out.write_all(&table)?;
     // The header.
     let mut h = vec![0u8; CLUSTER as usize];
-    h[..4].copy_from_slice(b"QFI\xfb");
+    h[..4].copy_from_slice(MAGIC);
     h[4..8].copy_from_slice(&3u32.to_be_bytes());
     h[20..24].copy_from_slice(&CLUSTER_BITS.to_be_bytes());
     h[24..32].copy_from_slice(&size.to_be_bytes());
@@ -196,7 +195,7 @@ pub fn write_qcow2_sparse<W: Write + Seek>(
     h[40..48].copy_from_slice(&(l1_first * CLUSTER).to_be_bytes());
     h[48..56].copy_from_slice(&(rt_first * CLUSTER).to_be_bytes());
     h[56..60].copy_from_slice(&(rt as u32).to_be_bytes());
-    h[72..80].copy_from_slice(&(1u64 << 3).to_be_bytes()); // incompatible: compression type
+    h[72..80].copy_from_slice(&INCOMPAT_COMPRESSION.to_be_bytes());
     h[96..100].copy_from_slice(&REFCOUNT_ORDER.to_be_bytes());
     h[100..104].copy_from_slice(&HEADER_LEN.to_be_bytes());
     h[104] = 1; // zstd
@@ -224,7 +223,7 @@ fn compressor() -> io::Result<zstd::bulk::Compressor<'static>> {
 
 fn compress_one(c: &mut zstd::bulk::Compressor<'static>, raw: Option<Vec<u8>>) -> io::Result<Slot> {
     let Some(raw) = raw else { return Ok(Slot::Zero) };
-    if super::is_zero(&raw) {
+    if crate::format::is_zero(&raw) {
         return Ok(Slot::Zero);
     }
     let data = c.compress(&raw)?;

@@ -7,20 +7,20 @@
 
 use std::io::{self, Read, Seek, SeekFrom};
 
-const MAGIC: &[u8; 4] = b"QFI\xfb";
+use super::{COMPRESSED, INCOMPAT_COMPRESSION, MAGIC};
+use crate::format::endian::{be32, be64};
+
 /// Largest L1 table accepted (qemu's own limit is 32 MiB).
 const MAX_L1_BYTES: u64 = 32 << 20;
 /// Incompatible feature bits.
 const INCOMPAT_DIRTY: u64 = 1 << 0;
 const INCOMPAT_CORRUPT: u64 = 1 << 1;
 const INCOMPAT_DATA_FILE: u64 = 1 << 2;
-const INCOMPAT_COMPRESSION: u64 = 1 << 3;
 const INCOMPAT_EXTL2: u64 = 1 << 4;
 const INCOMPAT_KNOWN: u64 =
     INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_DATA_FILE | INCOMPAT_COMPRESSION | INCOMPAT_EXTL2;
 /// Offset bits of L1 and standard L2 entries.
 const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
-const L2_COMPRESSED: u64 = 1 << 62;
 const L2_ZERO: u64 = 1;
 
 /// Errors reading qcow2.
@@ -86,8 +86,8 @@ pub struct Header {
 
 /// Parses and checks a header (the first 112 bytes or more).
 pub fn parse_header(buf: &[u8], file_len: u64) -> Result<Header, Qcow2Error> {
-    let be32 = |o: usize| u32::from_be_bytes(buf[o..o + 4].try_into().expect("4 bytes"));
-    let be64 = |o: usize| u64::from_be_bytes(buf[o..o + 8].try_into().expect("8 bytes"));
+    let be32 = |o: usize| be32(buf, o);
+    let be64 = |o: usize| be64(buf, o);
     if buf.len() < 72 || &buf[..4] != MAGIC {
         return Err(Qcow2Error::BadMagic);
     }
@@ -188,7 +188,7 @@ impl<R: Read + Seek> Qcow2<R> {
         inner.seek(SeekFrom::Start(header.l1_offset))?;
         let mut raw = vec![0u8; header.l1_size as usize * 8];
         inner.read_exact(&mut raw)?;
-        let l1 = raw.chunks_exact(8).map(|c| u64::from_be_bytes(c.try_into().expect("8"))).collect();
+        let l1 = raw.chunks_exact(8).map(|c| be64(c, 0)).collect();
         Ok(Qcow2 { inner, header, file_len, l1, l2: None, cluster: None, pos: 0 })
     }
 
@@ -238,11 +238,11 @@ impl<R: Read + Seek> Qcow2<R> {
             self.inner.seek(SeekFrom::Start(l2_offset))?;
             let mut raw = vec![0u8; cs as usize];
             self.inner.read_exact(&mut raw)?;
-            let table = raw.chunks_exact(8).map(|c| u64::from_be_bytes(c.try_into().expect("8"))).collect();
+            let table = raw.chunks_exact(8).map(|c| be64(c, 0)).collect();
             self.l2 = Some((l2_offset, table));
         }
         let entry = self.l2.as_ref().expect("loaded").1[l2_idx];
-        if entry & L2_COMPRESSED != 0 {
+        if entry & COMPRESSED != 0 {
             let data = self.compressed_cluster(entry)?;
             out.copy_from_slice(&data[within as usize..within as usize + out.len()]);
             return Ok(());
