@@ -2,8 +2,6 @@
 //! cloud-init), and the network-config read back by PyYAML as cloud-init reads
 //! it (YAML 1.1: the MAC must stay a string).
 
-mod common;
-
 use std::process::Command;
 
 use hearth_appliance::pki::Pki;
@@ -12,7 +10,7 @@ use hearth_appliance::spec::Appliance;
 
 #[test]
 fn cloud_init_accepts_every_node_seed() {
-    if !common::require_tool("cloud-init", "--version") {
+    if !hearth_testsupport::require_tool("cloud-init") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

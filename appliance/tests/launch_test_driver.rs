@@ -4,8 +4,6 @@
 //! reinstall keeps the PKI and changes the instance id. The guests themselves
 //! are not run here (the test driver simulates them).
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
@@ -17,7 +15,7 @@ use hearth_appliance::spec::Appliance;
 use hearth_appliance::state::State;
 
 fn tools() -> bool {
-    ["qemu-img", "genisoimage", "isoinfo"].iter().all(|t| common::require_tool(t, "--version"))
+    ["qemu-img", "genisoimage", "isoinfo"].iter().all(|t| hearth_testsupport::require_tool(t))
 }
 
 fn out(cmd: &mut Command) -> String {

@@ -2,8 +2,6 @@
 //! schemas) and the in-process `test:///default` driver through `virsh` (no
 //! daemon), which must keep hearth's ownership metadata on what it defines.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 
@@ -19,7 +17,7 @@ fn run(cmd: &mut Command) -> String {
 
 #[test]
 fn libvirt_accepts_the_network_and_every_domain() {
-    if !common::require_tool("virt-xml-validate", "--version") || !common::require_tool("virsh", "--version") {
+    if !hearth_testsupport::require_tool("virt-xml-validate") || !hearth_testsupport::require_tool("virsh") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

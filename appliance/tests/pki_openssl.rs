@@ -1,8 +1,6 @@
 //! The PKI judged by openssl: RSA 2048 CAs, the CA pin equal to what kubeadm's
 //! documented openssl pipeline computes, client certificates that verify.
 
-mod common;
-
 use std::process::{Command, Stdio};
 
 use hearth_appliance::pki::Pki;
@@ -26,7 +24,7 @@ fn openssl(args: &[&str], stdin: Option<&[u8]>) -> Vec<u8> {
 
 #[test]
 fn ca_hash_matches_openssl_and_certificates_verify() {
-    if !common::require_tool("openssl", "version") {
+    if !hearth_testsupport::require_tool("openssl") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -71,7 +69,7 @@ fn ca_hash_matches_openssl_and_certificates_verify() {
 
 #[test]
 fn state_from_before_the_platform_ca_gets_one_and_keeps_it() {
-    if !common::require_tool("openssl", "version") {
+    if !hearth_testsupport::require_tool("openssl") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -9,8 +9,6 @@
 
 #![allow(clippy::print_stderr)]
 
-mod common;
-
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
