@@ -59,6 +59,48 @@ fi
 exit 0
 "#;
 
+/// The recording stand-in for kubectl (see the module comment): it runs
+/// nothing, writes each call (and the sha256 of an applied file) to the
+/// console, answers `/readyz` with `ok` and `get nodes` with three Ready
+/// nodes. The first `get nodes` on a disk holds until the test resets the VM
+/// (a power loss in the middle of the platform plan).
+const KUBECTL_STAND_IN: &str = r#"#!/bin/sh
+# STAND-IN for kubectl, for hearth's VM test only: no cluster can run where the
+# test runs. It records its arguments on the serial console and succeeds.
+say() { echo "kubectl-stand-in: $*" >/dev/console; }
+args=$(echo "$*" | sed 's|--kubeconfig [^ ]* ||')
+f=""; prev=""
+for a in "$@"; do [ "$prev" = "-f" ] && f=$a; prev=$a; done
+if [ -n "$f" ]; then say "$args sha256 $(sha256sum "$f" | cut -d' ' -f1)"; else say "$args"; fi
+case "$args" in
+  *"get --raw=/readyz"*) echo ok ;;
+  *"get nodes"*)
+    if [ ! -e /var/lib/kubectl-stand-in.held ]; then
+      touch /var/lib/kubectl-stand-in.held && sync
+      say "holding for a reset"
+      sleep 3600
+    fi
+    for n in 1 2 3; do echo "node-$n Ready <none> 1m v1.29.15"; done ;;
+esac
+exit 0
+"#;
+
+/// A Flannel manifest of the upstream shape running the fixture's preloaded
+/// image, with a ConfigMap too large for kubectl's last-applied annotation
+/// (so the step applies server-side).
+fn small_flannel(image: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: kube-flannel\n---\n\
+         apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: kube-flannel-cfg\n  namespace: kube-flannel\ndata:\n  \
+         net-conf.json: |\n    {{ \"Network\": \"10.244.0.0/16\", \"Backend\": {{ \"Type\": \"vxlan\" }} }}\n---\n\
+         apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: large\n  namespace: kube-flannel\ndata:\n  blob: \"{}\"\n---\n\
+         apiVersion: apps/v1\nkind: DaemonSet\nmetadata:\n  name: kube-flannel-ds\n  namespace: kube-flannel\nspec:\n  \
+         selector:\n    matchLabels:\n      app: flannel\n  template:\n    metadata:\n      labels:\n        app: flannel\n    \
+         spec:\n      containers:\n      - name: kube-flannel\n        image: {image}\n",
+        "x".repeat(300_000)
+    )
+}
+
 fn sh(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(
@@ -261,6 +303,7 @@ struct Boot {
 
 fn wait_for_first_boots(nodes: &[(String, Role, PathBuf)], started: Instant, seen: Vec<Stages>) -> Boot {
     let mut stages: Vec<(String, Stages)> = nodes.iter().map(|(n, _, _)| n.clone()).zip(seen).collect();
+    let mut reset = false;
     loop {
         let mut logs = Vec::new();
         let mut through = true;
@@ -268,11 +311,14 @@ fn wait_for_first_boots(nodes: &[(String, Role, PathBuf)], started: Instant, see
             let text = std::fs::read_to_string(log).unwrap_or_default();
             st.see(&text, started.elapsed().as_secs_f64());
             let config_seen = text.contains("kubeadm-stand-in: config ");
-            let done = match role {
-                // After init the script waits for /readyz, which no stand-in answers.
-                Role::ControlPlane => config_seen && text.contains("hearth-firstboot: stage kubeadm-init"),
-                Role::Worker => config_seen && text.contains("hearth-firstboot: done"),
-            };
+            // The control plane holds in the middle of its platform plan (the
+            // kubectl stand-in waits there): the power goes, once.
+            if *role == Role::ControlPlane && !reset && text.contains("kubectl-stand-in: holding for a reset") {
+                eprintln!("{:>6.1} s  resetting {name} in its platform plan", started.elapsed().as_secs_f64());
+                virsh(&["reset", &format!("vmtest-{name}")]);
+                reset = true;
+            }
+            let done = config_seen && text.contains("hearth-firstboot: done");
             assert!(!text.contains("hearth-firstboot: error"), "{name}'s first boot failed:\n{text}");
             through &= done;
             logs.push((name.clone(), text));
@@ -352,6 +398,33 @@ fn check_generation(env: &Env, spec_path: &Path, state: &Path, boot: &Boot, gene
             "{name}: the config the node got is not what the host generated"
         );
     }
+    // The control plane ran the platform plan the host rendered: in order,
+    // the large step server-side, its file byte for byte; after the reset it
+    // resumed without applying the finished step again.
+    let cp = &boot.logs[0].1;
+    let calls: Vec<&str> =
+        cp.lines().filter_map(|l| l.split_once("kubectl-stand-in: ").map(|(_, c)| c.trim_end())).collect();
+    let rendered = std::fs::read(state.join("seeds/k8s-control-plane/platform/10-flannel/kube-flannel.yaml")).unwrap();
+    let apply = format!(
+        "apply --server-side --force-conflicts --field-manager=hearth -f /etc/hearth/platform/10-flannel/kube-flannel.yaml sha256 {}",
+        sha256_hex(&rendered)
+    );
+    assert_eq!(
+        calls.iter().filter(|c| **c == apply).count(),
+        1,
+        "one server-side apply of the rendered file:\n{calls:#?}"
+    );
+    let at =
+        |needle: &str| calls.iter().position(|c| c.contains(needle)).unwrap_or_else(|| panic!("{needle}: {calls:#?}"));
+    assert!(at("get --raw=/readyz") < at(&apply), "{calls:#?}");
+    assert!(at(&apply) < at("-n kube-flannel rollout status daemonset/kube-flannel-ds"), "{calls:#?}");
+    assert!(at("rollout status daemonset/kube-flannel-ds") < at("holding for a reset"), "{calls:#?}");
+    let after_reset = &cp[cp.find("kubectl-stand-in: holding for a reset").unwrap()..];
+    for line in ["platform 10-flannel already done", "platform 11-nodes done", "platform ready", "done"] {
+        assert!(after_reset.contains(&format!("hearth-firstboot: {line}")), "{line}:\n{}", tail(after_reset, 30));
+    }
+    assert!(!after_reset.contains("stage kubeadm-init"), "kubeadm init ran again after the reset");
+    assert!(String::from_utf8_lossy(&rendered).contains("10.244.0.0/16"));
     // hearth's own view, from inside the namespace.
     let st = hearth(env, &["status", spec_path.to_str().unwrap(), "--json"]).ok();
     let st: serde_json::Value = serde_json::from_str(&st.stdout).unwrap();
@@ -359,6 +432,7 @@ fn check_generation(env: &Env, spec_path: &Path, state: &Path, boot: &Boot, gene
     for n in st["nodes"].as_array().unwrap() {
         assert_eq!((n["vm"].as_str(), n["ip_answers"].as_bool()), (Some("running"), Some(true)), "{n}");
     }
+    assert_eq!(st["nodes"][0]["firstboot"], "done", "the control plane is through its platform plan");
     assert_eq!(st["nodes"][1]["firstboot"], "done");
     assert_eq!(st["pending"], "api", "the stand-in starts no API server");
 }
@@ -393,12 +467,26 @@ fn launched_vms_run_kubeadm_as_generated_reinstall_and_destroy_only_ours() {
     let state_root = env.path("state");
     env.env("HEARTH_STATE", state_root.to_str().unwrap());
     let srv = Server::start();
-    let FixtureRecipe { recipe, .. } = common::fixture::write_fixture_recipe(
+    // The manifest names the fixture image, whose reference is known once it
+    // is served: it is pinned into the recipe after.
+    let flannel_path = "/manifests/kube-flannel.yml";
+    let FixtureRecipe { recipe, image_ref } = common::fixture::write_fixture_recipe(
         &env,
         &srv,
         &fixture,
-        &format!("[[files]]\npath = \"/usr/bin/kubeadm\"\nmode = \"0755\"\ncontent = '''\n{KUBEADM_STAND_IN}'''\n"),
+        &format!(
+            "[[files]]\npath = \"/usr/bin/kubeadm\"\nmode = \"0755\"\ncontent = '''\n{KUBEADM_STAND_IN}'''\n\
+             [[files]]\npath = \"/usr/bin/kubectl\"\nmode = \"0755\"\ncontent = '''\n{KUBECTL_STAND_IN}'''\n\
+             [[manifests]]\nname = \"kube-flannel.yml\"\ncomponent = \"flannel\"\nurls = [\"{}\"]\n",
+            srv.url(flannel_path)
+        ),
     );
+    let flannel = small_flannel(&image_ref);
+    srv.serve(flannel_path, flannel.clone().into_bytes(), hearth_testsupport::Behavior::Normal);
+    let text = std::fs::read_to_string(&recipe).unwrap();
+    let url_line = format!("urls = [\"{}\"]\n", srv.url(flannel_path));
+    let pinned = format!("{url_line}sha256 = \"{}\"\n", sha256_hex(flannel.as_bytes()));
+    std::fs::write(&recipe, text.replace(&url_line, &pinned)).unwrap();
     env.run(&["build", recipe.to_str().unwrap()]).ok();
     // From here on every `hearth` runs inside the namespace (the build above
     // fetched from the loopback server outside it).
@@ -413,6 +501,7 @@ fn launched_vms_run_kubeadm_as_generated_reinstall_and_destroy_only_ours() {
         &spec,
         "name = \"vmtest\"\nlibvirt_uri = \"qemu:///system\"\ndomain_type = \"qemu\"\nrecipe = \"fixture.toml\"\n\
          storage_dir = \"storage\"\n\
+         [platform.components]\nlocal_path = false\nmetallb = false\ncert_manager = false\ningress_nginx = false\n\
          [[nodes]]\nname = \"k8s-control-plane\"\nrole = \"control-plane\"\nip = \"192.168.122.10\"\nvcpus = 2\nmemory_mib = 1792\ndisk_gib = 10\n\
          [[nodes]]\nname = \"k8s-worker-1\"\nrole = \"worker\"\nip = \"192.168.122.11\"\nvcpus = 1\nmemory_mib = 1024\ndisk_gib = 10\n\
          [[nodes]]\nname = \"k8s-worker-2\"\nrole = \"worker\"\nip = \"192.168.122.12\"\nvcpus = 1\nmemory_mib = 1024\ndisk_gib = 10\n",
