@@ -312,28 +312,22 @@ fn materialize_base(path: &Path, format: BaseFormat, dest: &Path) -> Result<File
 
 /// The data ranges of a sparse file (`SEEK_DATA`/`SEEK_HOLE`), so that holes
 /// are never read. A file system without the calls reports one range.
-fn data_ranges(f: &File, size: u64) -> io::Result<Vec<(u64, u64)>> {
-    use std::os::fd::AsRawFd;
-    let fd = f.as_raw_fd();
+fn data_ranges(f: &File, size: u64) -> Vec<(u64, u64)> {
+    use rustix::fs::{SeekFrom, seek};
+    use rustix::io::Errno;
     let mut out = Vec::new();
-    let mut at = 0i64;
-    while (at as u64) < size {
-        // SAFETY: lseek on an open descriptor; it only moves the file offset.
-        let data = unsafe { libc::lseek(fd, at, libc::SEEK_DATA) };
-        if data < 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::ENXIO) {
-                break; // no data after `at`
-            }
-            return Ok(vec![(0, size)]);
-        }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
-        let end = if hole < 0 { size as i64 } else { hole };
-        out.push((data as u64, (end - data) as u64));
+    let mut at = 0;
+    while at < size {
+        let data = match seek(f, SeekFrom::Data(at)) {
+            Ok(data) => data,
+            Err(Errno::NXIO) => break, // no data after `at`
+            Err(_) => return vec![(0, size)],
+        };
+        let end = seek(f, SeekFrom::Hole(data)).unwrap_or(size);
+        out.push((data, end - data));
         at = end;
     }
-    Ok(out)
+    out
 }
 
 /// A file as a [`Sink`], from byte `base` on.
@@ -509,7 +503,7 @@ fn build_outputs(
         Compression::Zstd => {
             let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
             let mut out = File::create(&qcow).map_err(FileError::at("creating", &qcow))?;
-            let data = data_ranges(&raw, sectors * SECTOR).map_err(FileError::at("mapping the data of", &raw_path))?;
+            let data = data_ranges(&raw, sectors * SECTOR);
             let mut read_at = |off: u64, buf: &mut [u8]| {
                 raw.read_exact_at(buf, off).map_err(|e| FileError::at("reading", &raw_path)(e).into())
             };

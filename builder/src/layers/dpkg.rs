@@ -157,16 +157,7 @@ pub fn install_deb(
         .unwrap_or_default();
     let reader = deb::tar_reader(&layer.deb.data.name, &layer.deb.data.data)
         .map_err(|source| LayerError::Deb { origin: origin.clone(), source })?;
-    let u = Unpack {
-        origin: &origin,
-        prefix: "/",
-        strip: 0,
-        include: &[],
-        allow_devices: false,
-        force_owner: None,
-        max_file,
-    };
-    let placed = unpack_tar(tree, spill, reader, &u)?;
+    let placed = unpack_tar(tree, spill, reader, &Unpack::package(&origin, max_file))?;
     // Conffiles wait as `<path>.dpkg-new` for `dpkg --configure` to move them in.
     for c in &conffiles {
         let mut new = c.clone();

@@ -27,6 +27,14 @@ pub struct Unpack<'a> {
     pub max_file: u64,
 }
 
+impl<'a> Unpack<'a> {
+    /// A package's data: everything under `/`, names as they are, owners from
+    /// the tar, no devices.
+    pub fn package(origin: &'a str, max_file: u64) -> Unpack<'a> {
+        Unpack { origin, prefix: "/", strip: 0, include: &[], allow_devices: false, force_owner: None, max_file }
+    }
+}
+
 /// Normalises a member name: components without `.`, refusing `..` and
 /// absolute names.
 fn member_path(name: &[u8], u: &Unpack) -> Result<Option<Vec<u8>>, LayerError> {
@@ -279,16 +287,7 @@ mod tests {
         tree.mkdir_p(b"/usr/lib", &Meta::root(0o755)).unwrap();
         tree.mkdir_p(b"/etc", &Meta::root(0o755)).unwrap();
         tree.insert(b"/lib", Node { kind: Kind::Symlink(b"usr/lib".to_vec()), meta: Meta::root(0o777) }).unwrap();
-        let u = Unpack {
-            origin: "package `evil`",
-            prefix: "/",
-            strip: 0,
-            include: &[],
-            allow_devices: false,
-            force_owner: None,
-            max_file,
-        };
-        unpack_tar(&mut tree, &mut spill, &tar_with(members)[..], &u)?;
+        unpack_tar(&mut tree, &mut spill, &tar_with(members)[..], &Unpack::package("package `evil`", max_file))?;
         Ok(tree)
     }
 
@@ -314,15 +313,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut spill = Spill::create(&dir.path().join("spill")).unwrap();
         let mut tree = Tree::default();
-        let u = Unpack {
-            origin: "package `evil`",
-            prefix: "/",
-            strip: 0,
-            include: &[],
-            allow_devices: false,
-            force_owner: None,
-            max_file: 10 << 30,
-        };
+        let u = Unpack::package("package `evil`", 10 << 30);
         let e = unpack_tar(&mut tree, &mut spill, &bytes[..], &u).unwrap_err().to_string();
         assert!(e.contains("member `huge` declares 1099511627776 bytes"), "{e}");
         assert_eq!(spill.len(), 0, "nothing was read into the spill file");
