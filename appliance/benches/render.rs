@@ -45,7 +45,11 @@ fn cert_manager(helm: &Path, up: &Path, work: &Path) -> Option<String> {
         return None;
     }
     let t = std::fs::read_to_string(chart.join("Chart.template.yaml")).ok()?;
-    std::fs::write(chart.join("Chart.yaml"), t.replace("v0.0.0", "v1.15.5").replace("\"{{IS_PRERELEASE}}\"", "\"false\"")).ok()?;
+    std::fs::write(
+        chart.join("Chart.yaml"),
+        t.replace("v0.0.0", "v1.15.5").replace("\"{{IS_PRERELEASE}}\"", "\"false\""),
+    )
+    .ok()?;
     let mut crds: Vec<PathBuf> = std::fs::read_dir(src.join("crds")).ok()?.map(|e| e.unwrap().path()).collect();
     crds.sort();
     let joined: Vec<String> = crds.iter().map(|p| std::fs::read_to_string(p).unwrap()).collect();
@@ -79,7 +83,9 @@ fn main() {
     if let Some(cm) = std::env::var_os("HEARTH_HELM").and_then(|h| cert_manager(Path::new(&h), &up, work.path())) {
         sources.insert(Component::CertManager, cm);
     }
-    println!("platform rendering, median of {RUNS} (hearth: render of one component, in process; baseline: PyYAML load + JSON dump of the same manifest, in process)");
+    println!(
+        "platform rendering, median of {RUNS} (hearth: render of one component, in process; baseline: PyYAML load + JSON dump of the same manifest, in process)"
+    );
     let mut total = 0.0;
     for (c, text) in &sources {
         let mut a = Appliance::default();
