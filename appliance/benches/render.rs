@@ -50,7 +50,11 @@ fn cert_manager(helm: &Path, up: &Path, work: &Path) -> Option<String> {
         t.replace("v0.0.0", "v1.15.5").replace("\"{{IS_PRERELEASE}}\"", "\"false\""),
     )
     .ok()?;
-    let mut crds: Vec<PathBuf> = std::fs::read_dir(src.join("crds")).ok()?.map(|e| e.unwrap().path()).collect();
+    let mut crds: Vec<PathBuf> = std::fs::read_dir(src.join("crds"))
+        .ok()?
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
     crds.sort();
     let joined: Vec<String> = crds.iter().map(|p| std::fs::read_to_string(p).unwrap()).collect();
     std::fs::write(chart.join("templates/crds.yaml"), joined.join("\n---\n")).ok()?;
@@ -60,6 +64,9 @@ fn cert_manager(helm: &Path, up: &Path, work: &Path) -> Option<String> {
         .arg(&chart)
         .output()
         .ok()?;
+    if !out.status.success() {
+        println!("  (cert-manager skipped: helm template: {})", String::from_utf8_lossy(&out.stderr).trim());
+    }
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
