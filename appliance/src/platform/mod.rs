@@ -82,7 +82,8 @@ impl Component {
         Component::ALL.into_iter().find(|c| c.name() == name)
     }
 
-    fn enabled(self, a: &Appliance) -> bool {
+    /// Whether the appliance has it on.
+    pub fn enabled(self, a: &Appliance) -> bool {
         let c = &a.platform.components;
         match self {
             Component::Flannel => c.flannel,
