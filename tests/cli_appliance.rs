@@ -251,7 +251,7 @@ fn the_platform_plan_rides_on_the_control_planes_seed_and_a_plan_needing_a_missi
     fs::write(
         &spec,
         format!(
-            "{}[platform.components]\nlocal_path = false\nmetallb = false\ncert_manager = false\ningress_nginx = false\n",
+            "{}[platform.components]\nlocal_path = false\nmetallb = false\ncert_manager = false\ningress_nginx = false\nargocd = false\n",
             fs::read_to_string(&spec).unwrap()
         ),
     )

@@ -501,7 +501,7 @@ fn launched_vms_run_kubeadm_as_generated_reinstall_and_destroy_only_ours() {
         &spec,
         "name = \"vmtest\"\nlibvirt_uri = \"qemu:///system\"\ndomain_type = \"qemu\"\nrecipe = \"fixture.toml\"\n\
          storage_dir = \"storage\"\n\
-         [platform.components]\nlocal_path = false\nmetallb = false\ncert_manager = false\ningress_nginx = false\n\
+         [platform.components]\nlocal_path = false\nmetallb = false\ncert_manager = false\ningress_nginx = false\nargocd = false\n\
          [[nodes]]\nname = \"k8s-control-plane\"\nrole = \"control-plane\"\nip = \"192.168.122.10\"\nvcpus = 2\nmemory_mib = 1792\ndisk_gib = 10\n\
          [[nodes]]\nname = \"k8s-worker-1\"\nrole = \"worker\"\nip = \"192.168.122.11\"\nvcpus = 1\nmemory_mib = 1024\ndisk_gib = 10\n\
          [[nodes]]\nname = \"k8s-worker-2\"\nrole = \"worker\"\nip = \"192.168.122.12\"\nvcpus = 1\nmemory_mib = 1024\ndisk_gib = 10\n",

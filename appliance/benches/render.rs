@@ -86,6 +86,7 @@ fn main() {
         (Component::LocalPath, read("local-path-provisioner-v0.0.28/deploy/local-path-storage.yaml")),
         (Component::Metallb, read("metallb-v0.14.8/config/manifests/metallb-native.yaml")),
         (Component::IngressNginx, read("ingress-nginx-controller-v1.11.5/deploy/static/provider/cloud/deploy.yaml")),
+        (Component::ArgoCd, read("argo-cd-v2.11.14/manifests/install.yaml")),
     ]);
     if let Some(cm) = std::env::var_os("HEARTH_HELM").and_then(|h| cert_manager(Path::new(&h), &up, work.path())) {
         sources.insert(Component::CertManager, cm);
@@ -97,12 +98,13 @@ fn main() {
     for (c, text) in &sources {
         let mut a = Appliance::default();
         let comps = &mut a.platform.components;
-        (comps.flannel, comps.local_path, comps.metallb, comps.cert_manager, comps.ingress_nginx) = (
+        (comps.flannel, comps.local_path, comps.metallb, comps.cert_manager, comps.ingress_nginx, comps.argocd) = (
             *c == Component::Flannel,
             *c == Component::LocalPath,
             *c == Component::Metallb,
             *c == Component::CertManager,
             *c == Component::IngressNginx,
+            *c == Component::ArgoCd,
         );
         let one = Sources::from([(*c, text.clone())]);
         let times: Vec<f64> = (0..RUNS)

@@ -231,6 +231,7 @@ fn component_namespace(c: crate::platform::Component) -> &'static str {
         C::Metallb => "metallb-system",
         C::CertManager => "cert-manager",
         C::IngressNginx => "ingress-nginx",
+        C::ArgoCd => crate::platform::ARGOCD_NAMESPACE,
     }
 }
 
@@ -261,12 +262,25 @@ fn daemonset_workload(component: &str, d: k8s_openapi::api::apps::v1::DaemonSet)
     }
 }
 
+fn statefulset_workload(component: &str, d: k8s_openapi::api::apps::v1::StatefulSet) -> Workload {
+    let object =
+        format!("StatefulSet {}/{}", d.metadata.namespace.unwrap_or_default(), d.metadata.name.unwrap_or_default());
+    let want = d.spec.and_then(|s| s.replicas).unwrap_or(1);
+    let ready = d.status.and_then(|s| s.ready_replicas).unwrap_or(0);
+    Workload {
+        component: component.into(),
+        object,
+        ready: ready >= want,
+        detail: if ready >= want { String::new() } else { format!("{ready} of {want} replicas ready") },
+    }
+}
+
 /// The platform components of `a`, through `client`: each component's
 /// workloads, the ingress address, the CA issuer, the default StorageClass,
 /// and the first thing missing in plan order.
 pub async fn components(client: &kube::Client, a: &crate::spec::Appliance) -> Components {
     use crate::platform::Component as C;
-    use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+    use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
     use k8s_openapi::api::core::v1::Service;
     use k8s_openapi::api::storage::v1::StorageClass;
     let lp = ListParams::default();
@@ -280,6 +294,9 @@ pub async fn components(client: &kube::Client, a: &crate::spec::Appliance) -> Co
         }
         if let Ok(list) = Api::<DaemonSet>::namespaced(client.clone(), ns).list(&lp).await {
             workloads.extend(list.items.into_iter().map(|d| daemonset_workload(c.name(), d)));
+        }
+        if let Ok(list) = Api::<StatefulSet>::namespaced(client.clone(), ns).list(&lp).await {
+            workloads.extend(list.items.into_iter().map(|d| statefulset_workload(c.name(), d)));
         }
         workloads.sort_by(|x, y| x.object.cmp(&y.object));
         if workloads.is_empty() {
@@ -350,7 +367,7 @@ pub async fn components(client: &kube::Client, a: &crate::spec::Appliance) -> Co
                     ));
                 }
             }
-            C::Flannel | C::Metallb => {}
+            C::Flannel | C::Metallb | C::ArgoCd => {}
         }
     }
     out.pending = pending.into_iter().next();

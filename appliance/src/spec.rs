@@ -203,11 +203,20 @@ pub struct Components {
     pub cert_manager: bool,
     /// ingress-nginx, its Service at `ingress_ip`.
     pub ingress_nginx: bool,
+    /// Argo CD, its server at `argocd_ip` with a certificate from the platform CA.
+    pub argocd: bool,
 }
 
 impl Default for Components {
     fn default() -> Self {
-        Components { flannel: true, local_path: true, metallb: true, cert_manager: true, ingress_nginx: true }
+        Components {
+            flannel: true,
+            local_path: true,
+            metallb: true,
+            cert_manager: true,
+            ingress_nginx: true,
+            argocd: true,
+        }
     }
 }
 
@@ -538,6 +547,9 @@ impl Appliance {
             ("cert_manager", c.cert_manager, "flannel", c.flannel),
             ("ingress_nginx", c.ingress_nginx, "metallb", c.metallb),
             ("ingress_nginx", c.ingress_nginx, "flannel", c.flannel),
+            ("argocd", c.argocd, "flannel", c.flannel),
+            ("argocd", c.argocd, "metallb", c.metallb),
+            ("argocd", c.argocd, "cert_manager", c.cert_manager),
         ];
         for (what, on, need, need_on) in needs {
             if on && !need_on {
@@ -657,6 +669,10 @@ mod tests {
                 "platform: ingress_nginx needs metallb, which is off",
             ),
             (Box::new(|a| a.platform.components.flannel = false), "platform: local_path needs flannel, which is off"),
+            (
+                Box::new(|a| a.platform.components.cert_manager = false),
+                "platform: argocd needs cert_manager, which is off",
+            ),
             (
                 Box::new(|a| a.platform.storage_path = "data/../x".into()),
                 "platform: storage_path `data/../x` must be an absolute path",

@@ -110,6 +110,7 @@ fn sources(helm: &Path, up: &Path, work: &Path) -> Sources {
         (Component::Metallb, read("metallb-v0.14.8/config/manifests/metallb-native.yaml")),
         (Component::CertManager, cert_manager_static(helm, up, work)),
         (Component::IngressNginx, read("ingress-nginx-controller-v1.11.5/deploy/static/provider/cloud/deploy.yaml")),
+        (Component::ArgoCd, read("argo-cd-v2.11.14/manifests/install.yaml")),
     ])
 }
 
@@ -179,7 +180,8 @@ fn the_default_platform_renders_in_order_with_the_appliance_patches() {
             "31-metallb-pools",
             "40-cert-manager",
             "41-ca-issuer",
-            "50-ingress-nginx"
+            "50-ingress-nginx",
+            "60-argo-cd"
         ]
     );
     let objects: Vec<manifest::Object> = s.plan.objects().unwrap().into_iter().map(|(_, o)| o).collect();
@@ -213,6 +215,35 @@ fn the_default_platform_renders_in_order_with_the_appliance_patches() {
         serde_json::json!(["192.168.122.103-192.168.122.150"])
     );
     assert_eq!(find("ClusterIssuer", "hearth-ca")["spec"]["ca"]["secretName"], "hearth-platform-ca");
+    // Argo CD: in its namespace, nothing pulled Always, its server at .102 with
+    // a certificate for that address from the platform CA.
+    let argo = s.plan.steps.iter().find(|st| st.name == "60-argo-cd").unwrap();
+    let argo_objects = manifest::parse(&argo.files[0].body, "argo").unwrap();
+    let upstream_argo = fs::read_to_string(s.up.join("argo-cd-v2.11.14/manifests/install.yaml")).unwrap();
+    assert_eq!(upstream_argo.matches("imagePullPolicy: Always").count(), 8);
+    assert!(!argo.files[0].body.contains("\"imagePullPolicy\": \"Always\""));
+    for o in &argo_objects {
+        let cluster_scoped = ["CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding", "Namespace"];
+        assert!(
+            cluster_scoped.contains(&manifest::kind(o)) || manifest::namespace(o) == "argocd",
+            "{}",
+            manifest::describe(o)
+        );
+    }
+    let server = find("Service", "argocd-server");
+    assert_eq!(
+        (server["spec"]["type"].as_str(), server["metadata"]["namespace"].as_str()),
+        (Some("LoadBalancer"), Some("argocd"))
+    );
+    assert_eq!(server["metadata"]["annotations"]["metallb.universe.tf/loadBalancerIPs"], "192.168.122.102");
+    let cert = find("Certificate", "argocd-server-tls");
+    assert_eq!(cert["spec"]["ipAddresses"], serde_json::json!(["192.168.122.102"]));
+    assert_eq!(cert["spec"]["issuerRef"]["name"], "hearth-ca");
+    // Its CRDs are too large for client-side apply.
+    assert!(argo.server_side, "Argo CD's CRDs exceed the last-applied annotation");
+    assert!(argo.waits.iter().any(
+        |w| matches!(w, platform::Wait::Rollout { object, .. } if object == "statefulset/argocd-application-controller")
+    ));
 
     // The plan the node runs: waits for every workload, the jobs, the LB address.
     let text = s.plan.to_text();
@@ -228,10 +259,11 @@ fn the_default_platform_renders_in_order_with_the_appliance_patches() {
     ] {
         assert!(text.contains(line), "plan lacks {line:?}:\n{text}");
     }
-    // Only the CA issuer's file holds a secret; no object needs server-side apply here.
+    // Only the CA issuer's file holds a secret; only Argo CD needs server-side apply.
     let secret: Vec<&str> = s.plan.files().filter(|f| f.secret).map(|f| f.path.as_str()).collect();
     assert_eq!(secret, ["41-ca-issuer/platform-ca.yaml"]);
-    assert!(s.plan.steps.iter().all(|st| !st.server_side));
+    let ssa: Vec<&str> = s.plan.steps.iter().filter(|st| st.server_side).map(|st| st.name.as_str()).collect();
+    assert_eq!(ssa, ["60-argo-cd"]);
 
     // The same appliance and state render the same bytes.
     let again =
@@ -249,10 +281,14 @@ fn every_rendered_object_is_valid_for_kubernetes_1_29_and_its_crds() {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/tools/validate-crs.py");
     let python = s.python.clone().expect("HEARTH_K8S_PYTHON");
     let out = run(Command::new(&python).arg(&script).args(&s.files));
-    assert!(out.contains("custom resources: 4 checked, 0 problems"), "{out}");
-    for kind in
-        ["IPAddressPool hearth-auto", "IPAddressPool hearth-fixed", "L2Advertisement hearth", "ClusterIssuer hearth-ca"]
-    {
+    assert!(out.contains("custom resources: 5 checked, 0 problems"), "{out}");
+    for kind in [
+        "IPAddressPool hearth-auto",
+        "IPAddressPool hearth-fixed",
+        "L2Advertisement hearth",
+        "ClusterIssuer hearth-ca",
+        "Certificate argocd-server-tls",
+    ] {
         assert!(out.contains(&format!("{kind} against its CRD")), "{kind}:\n{out}");
     }
 
@@ -351,7 +387,7 @@ fn the_default_recipes_manifest_pins_are_the_upstream_files() {
     let manifests = recipe["manifests"].as_array().unwrap();
     let mut components: Vec<&str> = manifests.iter().map(|m| m["component"].as_str().unwrap()).collect();
     components.sort();
-    assert_eq!(components, ["cert-manager", "flannel", "ingress-nginx", "local-path", "metallb"]);
+    assert_eq!(components, ["argo-cd", "cert-manager", "flannel", "ingress-nginx", "local-path", "metallb"]);
     let mut pinned = 0;
     for m in manifests {
         assert!(Component::from_name(m["component"].as_str().unwrap()).is_some());
@@ -366,5 +402,5 @@ fn the_default_recipes_manifest_pins_are_the_upstream_files() {
         assert_eq!(Sha256::of(&bytes).hex(), sha, "the upstream copy of {url}");
         pinned += 1;
     }
-    assert_eq!(pinned, 4);
+    assert_eq!(pinned, 5);
 }

@@ -149,6 +149,23 @@ fn the_platform_section_names_the_first_thing_missing_with_its_reason() {
     c.deployments("ingress-nginx", vec![deployment("ingress-nginx", "ingress-nginx-controller", true)]);
     c.daemonsets("ingress-nginx", vec![]);
     c.ingress_service(None);
+    c.deployments("argocd", vec![deployment("argocd", "argocd-server", true)]);
+    c.daemonsets("argocd", vec![]);
+    let sts = |ready: i32| {
+        json!({"metadata": meta("argocd", "argocd-application-controller"),
+               "spec": {"replicas": 1, "serviceName": "argocd-application-controller",
+                        "selector": {"matchLabels": {"app": "c"}},
+                        "template": {"metadata": {"labels": {"app": "c"}}, "spec": {"containers": [{"name": "c", "image": "x"}]}}},
+               "status": {"replicas": 1, "readyReplicas": ready, "availableReplicas": ready, "observedGeneration": 1}})
+    };
+    let serve_sts = |ready: i32| {
+        serve_json(
+            &c.srv,
+            "/apis/apps/v1/namespaces/argocd/statefulsets",
+            list("StatefulSetList", "apps/v1", vec![sts(ready)]),
+        )
+    };
+    serve_sts(0);
 
     // A Deployment not yet available: pending, with its reason.
     let st = c.look();
@@ -159,7 +176,7 @@ fn the_platform_section_names_the_first_thing_missing_with_its_reason() {
              (Deployment does not have minimum availability.)"
         )
     );
-    assert_eq!(st.workloads.len(), 8, "{:#?}", st.workloads);
+    assert_eq!(st.workloads.len(), 10, "{:#?}", st.workloads);
     assert_eq!(st.default_storage_class.as_deref(), Some("local-path"));
     assert_eq!(st.issuer_ready, Some(false));
 
@@ -188,6 +205,12 @@ fn the_platform_section_names_the_first_thing_missing_with_its_reason() {
         )
     );
     c.ingress_service(Some("192.168.122.101"));
+    // Then Argo CD's application controller (a StatefulSet).
+    assert_eq!(
+        c.look().pending.as_deref(),
+        Some("argo-cd: StatefulSet argocd/argocd-application-controller 0 of 1 replicas ready")
+    );
+    serve_sts(1);
     let st = c.look();
     assert_eq!(st.pending, None, "{st:#?}");
     assert_eq!(st.ingress_ip.as_deref(), Some("192.168.122.101"));

@@ -29,9 +29,12 @@ use crate::pki::Pki;
 use crate::spec::Appliance;
 use manifest::{ManifestError, Object};
 
-/// kubectl's last-applied-configuration annotation holds at most this much;
-/// a step with a larger object applies server-side.
-pub const LAST_APPLIED_LIMIT: usize = 262_144;
+/// The API server takes at most 256 KiB of annotations on one object, and
+/// client-side apply puts the whole object there (last-applied-configuration),
+/// next to the object's own annotations. A step with an object above this
+/// size (a margin below the limit: Argo CD's ApplicationSet CRD is 218 KiB)
+/// applies server-side.
+pub const LAST_APPLIED_LIMIT: usize = 200 * 1024;
 
 /// The image local-path-provisioner's helper pod runs. Upstream names plain
 /// `busybox` (`:latest`, which changes and is pulled); hearth pins a tag the
@@ -59,12 +62,20 @@ pub enum Component {
     CertManager,
     /// ingress-nginx `deploy/static/provider/cloud/deploy.yaml`.
     IngressNginx,
+    /// Argo CD `manifests/install.yaml` (namespace `argocd`).
+    ArgoCd,
 }
 
 impl Component {
     /// Every component, in plan order.
-    pub const ALL: [Component; 5] =
-        [Component::Flannel, Component::LocalPath, Component::Metallb, Component::CertManager, Component::IngressNginx];
+    pub const ALL: [Component; 6] = [
+        Component::Flannel,
+        Component::LocalPath,
+        Component::Metallb,
+        Component::CertManager,
+        Component::IngressNginx,
+        Component::ArgoCd,
+    ];
 
     /// The name used in recipes, appliance.toml and messages.
     pub fn name(self) -> &'static str {
@@ -74,6 +85,7 @@ impl Component {
             Component::Metallb => "metallb",
             Component::CertManager => "cert-manager",
             Component::IngressNginx => "ingress-nginx",
+            Component::ArgoCd => "argo-cd",
         }
     }
 
@@ -91,6 +103,7 @@ impl Component {
             Component::Metallb => c.metallb,
             Component::CertManager => c.cert_manager,
             Component::IngressNginx => c.ingress_nginx,
+            Component::ArgoCd => c.argocd,
         }
     }
 }
@@ -271,7 +284,7 @@ fn file(step: &str, name: &str, objects: &[Object]) -> PlanFile {
 fn rollouts(objects: &[Object]) -> Vec<Wait> {
     objects
         .iter()
-        .filter(|o| matches!(manifest::kind(o), "Deployment" | "DaemonSet"))
+        .filter(|o| matches!(manifest::kind(o), "Deployment" | "DaemonSet" | "StatefulSet"))
         .map(|o| Wait::Rollout {
             namespace: manifest::namespace(o).to_owned(),
             object: format!("{}/{}", manifest::kind(o).to_lowercase(), manifest::name(o)),
@@ -355,6 +368,17 @@ pub fn render(a: &Appliance, pki: &Pki, sources: &Sources) -> Result<Plan, Platf
                     waits,
                     600,
                 ));
+            }
+            Component::ArgoCd => {
+                argocd(a, &mut objects)?;
+                let mut waits = rollouts(&objects);
+                waits.push(Wait::Value {
+                    namespace: ARGOCD_NAMESPACE.into(),
+                    object: "service/argocd-server".into(),
+                    path: "{.status.loadBalancer.ingress[0].ip}".into(),
+                    value: a.argocd_ip().to_string(),
+                });
+                plan.steps.push(step("60-argo-cd", vec![file("60-argo-cd", "argo-cd", &objects)], waits, 900));
             }
         }
     }
@@ -454,6 +478,54 @@ fn ingress_nginx(a: &Appliance, objects: &mut [Object]) -> Result<(), PlatformEr
     let svc = manifest::find_mut(objects, "Service", "ingress-nginx-controller")
         .ok_or_else(|| shape(c, "Service ingress-nginx-controller"))?;
     svc["metadata"]["annotations"]["metallb.universe.tf/loadBalancerIPs"] = json!(a.ingress_ip().to_string());
+    Ok(())
+}
+
+/// Argo CD's namespace (its install.yaml names none: it is applied with `-n`).
+pub const ARGOCD_NAMESPACE: &str = "argocd";
+
+/// Argo CD in its namespace, offline and at its fixed address: every object
+/// that is namespaced gets `argocd` (and the Namespace is added); every
+/// `imagePullPolicy: Always` becomes `IfNotPresent` (the images are
+/// preloaded); argocd-server is a LoadBalancer at `argocd_ip`, its TLS
+/// certificate (`argocd-server-tls`, which the server picks up) issued by the
+/// platform CA for that address.
+fn argocd(a: &Appliance, objects: &mut Vec<Object>) -> Result<(), PlatformError> {
+    let c = Component::ArgoCd;
+    const CLUSTER_SCOPED: [&str; 4] = ["CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding", "Namespace"];
+    for o in objects.iter_mut() {
+        if !CLUSTER_SCOPED.contains(&manifest::kind(o)) && manifest::namespace(o).is_empty() {
+            o["metadata"]["namespace"] = json!(ARGOCD_NAMESPACE);
+        }
+        for list in ["initContainers", "containers"] {
+            let spec = match manifest::kind(o) {
+                "Deployment" | "StatefulSet" | "DaemonSet" | "Job" => &mut o["spec"]["template"]["spec"][list],
+                _ => continue,
+            };
+            for container in spec.as_array_mut().into_iter().flatten() {
+                if container["imagePullPolicy"] == "Always" {
+                    container["imagePullPolicy"] = json!("IfNotPresent");
+                }
+            }
+        }
+    }
+    let svc =
+        manifest::find_mut(objects, "Service", "argocd-server").ok_or_else(|| shape(c, "Service argocd-server"))?;
+    svc["spec"]["type"] = json!("LoadBalancer");
+    svc["metadata"]["annotations"]["metallb.universe.tf/loadBalancerIPs"] = json!(a.argocd_ip().to_string());
+    objects.insert(0, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ARGOCD_NAMESPACE}}));
+    objects.push(json!({
+        "apiVersion": "cert-manager.io/v1",
+        "kind": "Certificate",
+        "metadata": {"name": "argocd-server-tls", "namespace": ARGOCD_NAMESPACE},
+        "spec": {
+            "secretName": "argocd-server-tls",
+            "issuerRef": {"kind": "ClusterIssuer", "name": CA_ISSUER},
+            "commonName": "argocd-server",
+            "ipAddresses": [a.argocd_ip().to_string()],
+            "dnsNames": ["argocd-server", format!("argocd-server.{ARGOCD_NAMESPACE}.svc")],
+        },
+    }));
     Ok(())
 }
 
