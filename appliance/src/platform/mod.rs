@@ -268,17 +268,21 @@ fn shape(component: Component, what: impl Into<String>) -> PlatformError {
     PlatformError::Shape { component: component.name(), what: what.into() }
 }
 
-fn step(name: &str, files: Vec<PlanFile>, waits: Vec<Wait>, timeout_secs: u32) -> Step {
-    let server_side = files.iter().any(|f| {
-        manifest::parse(&f.body, &f.path)
-            .map(|objs| objs.iter().any(|o| manifest::applied_size(o) > LAST_APPLIED_LIMIT))
-            .unwrap_or(false)
-    });
+/// A step that applies `objects` as one file `NAME/FILE.yaml` (none: a step
+/// that only waits), server-side when one of them is too large for the
+/// last-applied annotation.
+fn step(name: &str, apply: Option<(&str, &[Object])>, waits: Vec<Wait>, timeout_secs: u32) -> Step {
+    let server_side =
+        apply.is_some_and(|(_, objects)| objects.iter().any(|o| manifest::applied_size(o) > LAST_APPLIED_LIMIT));
+    let files = apply
+        .map(|(file, objects)| PlanFile {
+            path: format!("{name}/{file}.yaml"),
+            body: manifest::emit(objects),
+            secret: false,
+        })
+        .into_iter()
+        .collect();
     Step { name: name.to_owned(), files, server_side, retry_apply: false, waits, timeout_secs }
-}
-
-fn file(step: &str, name: &str, objects: &[Object]) -> PlanFile {
-    PlanFile { path: format!("{step}/{name}.yaml"), body: manifest::emit(objects), secret: false }
 }
 
 fn rollouts(objects: &[Object]) -> Vec<Wait> {
@@ -303,37 +307,27 @@ pub fn render(a: &Appliance, pki: &Pki, sources: &Sources) -> Result<Plan, Platf
             Component::Flannel => {
                 flannel(a, &mut objects)?;
                 let waits = rollouts(&objects);
-                plan.steps.push(step("10-flannel", vec![file("10-flannel", "kube-flannel", &objects)], waits, 600));
-                plan.steps.push(step("11-nodes", vec![], vec![Wait::Nodes { count: a.nodes.len() }], 1200));
+                plan.steps.push(step("10-flannel", Some(("kube-flannel", &objects)), waits, 600));
+                plan.steps.push(step("11-nodes", None, vec![Wait::Nodes { count: a.nodes.len() }], 1200));
             }
             Component::LocalPath => {
                 local_path(a, &mut objects)?;
                 let waits = rollouts(&objects);
-                plan.steps.push(step("20-local-path", vec![file("20-local-path", "local-path", &objects)], waits, 600));
+                plan.steps.push(step("20-local-path", Some(("local-path", &objects)), waits, 600));
             }
             Component::Metallb => {
                 let waits = rollouts(&objects);
-                plan.steps.push(step("30-metallb", vec![file("30-metallb", "metallb-native", &objects)], waits, 600));
-                let mut pools =
-                    step("31-metallb-pools", vec![file("31-metallb-pools", "pools", &metallb_pools(a))], vec![], 300);
+                plan.steps.push(step("30-metallb", Some(("metallb-native", &objects)), waits, 600));
+                let mut pools = step("31-metallb-pools", Some(("pools", &metallb_pools(a))), vec![], 300);
                 pools.retry_apply = true;
                 plan.steps.push(pools);
             }
             Component::CertManager => {
                 let waits = rollouts(&objects);
-                plan.steps.push(step(
-                    "40-cert-manager",
-                    vec![file("40-cert-manager", "cert-manager", &objects)],
-                    waits,
-                    600,
-                ));
+                plan.steps.push(step("40-cert-manager", Some(("cert-manager", &objects)), waits, 600));
                 let mut issuer = step(
                     "41-ca-issuer",
-                    vec![PlanFile {
-                        path: "41-ca-issuer/platform-ca.yaml".into(),
-                        body: manifest::emit(&ca_issuer(pki)),
-                        secret: true,
-                    }],
+                    Some(("platform-ca", &ca_issuer(pki))),
                     vec![Wait::Condition {
                         namespace: String::new(),
                         object: format!("clusterissuer/{CA_ISSUER}"),
@@ -342,6 +336,8 @@ pub fn render(a: &Appliance, pki: &Pki, sources: &Sources) -> Result<Plan, Platf
                     300,
                 );
                 issuer.retry_apply = true;
+                // It holds the platform CA's key.
+                issuer.files.iter_mut().for_each(|f| f.secret = true);
                 plan.steps.push(issuer);
             }
             Component::IngressNginx => {
@@ -362,12 +358,7 @@ pub fn render(a: &Appliance, pki: &Pki, sources: &Sources) -> Result<Plan, Platf
                     path: "{.status.loadBalancer.ingress[0].ip}".into(),
                     value: a.ingress_ip().to_string(),
                 });
-                plan.steps.push(step(
-                    "50-ingress-nginx",
-                    vec![file("50-ingress-nginx", "ingress-nginx", &objects)],
-                    waits,
-                    600,
-                ));
+                plan.steps.push(step("50-ingress-nginx", Some(("ingress-nginx", &objects)), waits, 600));
             }
             Component::ArgoCd => {
                 argocd(a, &mut objects)?;
@@ -378,7 +369,7 @@ pub fn render(a: &Appliance, pki: &Pki, sources: &Sources) -> Result<Plan, Platf
                     path: "{.status.loadBalancer.ingress[0].ip}".into(),
                     value: a.argocd_ip().to_string(),
                 });
-                plan.steps.push(step("60-argo-cd", vec![file("60-argo-cd", "argo-cd", &objects)], waits, 900));
+                plan.steps.push(step("60-argo-cd", Some(("argo-cd", &objects)), waits, 900));
             }
         }
     }
