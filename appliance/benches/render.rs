@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use hearth_appliance::pki::{Ca, Pki};
 use hearth_appliance::platform::{self, Component, Sources};
+use hearth_appliance::secrets::Secrets;
 use hearth_appliance::spec::Appliance;
 
 const RUNS: usize = 15;
@@ -110,7 +111,7 @@ fn main() {
         let times: Vec<f64> = (0..RUNS)
             .map(|_| {
                 let t = Instant::now();
-                let plan = platform::render(&a, &pki(), &one).expect("renders");
+                let plan = platform::render(&a, &pki(), &Secrets::for_tests("bench"), &one).expect("renders");
                 std::hint::black_box(plan);
                 t.elapsed().as_secs_f64()
             })

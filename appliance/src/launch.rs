@@ -307,7 +307,7 @@ pub fn up(lv: &Libvirt, a: &Appliance, state: &State, image: &Path, o: &Options)
             // could not run offline stops the launch here.
             let plan = match o.platform {
                 Some(p) => {
-                    let plan = platform::render(a, &pki, &p.sources)?;
+                    let plan = platform::render(a, &pki, &state.secrets()?, &p.sources)?;
                     platform::check(&plan, &p.preloaded, &p.record.recipe)?;
                     Some(plan)
                 }

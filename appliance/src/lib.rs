@@ -15,6 +15,7 @@ pub mod lifecycle;
 pub mod pki;
 pub mod platform;
 pub mod ready;
+pub mod secrets;
 pub mod seed;
 pub mod spec;
 pub mod state;

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::files::{FileError, remove_if_present, write_atomic};
 use crate::pki::{Pki, PkiError};
+use crate::secrets::{Secrets, SecretsError};
 use crate::spec::Appliance;
 
 /// Errors of the state directory.
@@ -38,6 +39,9 @@ pub enum StateError {
     /// The PKI.
     #[error(transparent)]
     Pki(#[from] PkiError),
+    /// The platform's secrets.
+    #[error(transparent)]
+    Secrets(#[from] SecretsError),
     /// A state file.
     #[error(transparent)]
     File(#[from] FileError),
@@ -203,6 +207,12 @@ impl State {
     pub fn pki(&self) -> Result<Pki, StateError> {
         self.ensure_dir()?;
         Ok(Pki::load_or_create(&self.dir)?)
+    }
+
+    /// The platform's secrets, each made on first use.
+    pub fn secrets(&self) -> Result<Secrets, StateError> {
+        self.ensure_dir()?;
+        Ok(Secrets::load_or_create(&self.dir)?)
     }
 
     /// The host's admin kubeconfig (0600), made from the CA on first use.

