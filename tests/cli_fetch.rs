@@ -298,7 +298,7 @@ fn the_default_recipe_loads_and_names_exactly_its_unpinned_inputs() {
     cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
     let r = common::Run::from(cmd.output().unwrap()).fails();
     // README lists these two as left to `hearth lock`; keep both in step.
-    r.stderr_has("13 input(s) of `images/ubuntu-24.04-k8s-1.29.toml` are not pinned");
+    r.stderr_has("14 input(s) of `images/ubuntu-24.04-k8s-1.29.toml` are not pinned");
     r.stderr_has("debs/conntrack (line");
     r.stderr_has("images/registry.k8s.io/kube-proxy:v1.29.15 (line");
     for image in [
@@ -312,6 +312,7 @@ fn the_default_recipe_loads_and_names_exactly_its_unpinned_inputs() {
         "quay.io/argoproj/argocd:v2.11.14",
         "ghcr.io/dexidp/dex:v2.38.0",
         "docker.io/library/redis:7.0.15-alpine",
+        "docker.io/gitea/gitea:1.22.6-rootless",
     ] {
         r.stderr_has(&format!("images/{image} (line"));
     }

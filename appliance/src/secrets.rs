@@ -103,6 +103,9 @@ fn well_formed(s: &str) -> bool {
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secrets {
     values: Vec<(Secret, String)>,
+    /// The token for the user's GitOps repository (`[gitops] credentials`),
+    /// read at launch; the user's, not made by hearth.
+    gitops_token: Option<String>,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -154,7 +157,7 @@ impl Secrets {
             };
             values.push((s, value));
         }
-        Ok(Secrets { values })
+        Ok(Secrets { values, gitops_token: None })
     }
 
     /// Fixed secrets for tests and benchmarks (never for an appliance).
@@ -166,7 +169,18 @@ impl Secrets {
                 (s, h.iter().map(|b| ALPHABET[*b as usize % 62] as char).collect())
             })
             .collect();
-        Secrets { values }
+        Secrets { values, gitops_token: None }
+    }
+
+    /// With the token of the user's GitOps repository.
+    pub fn with_gitops_token(mut self, token: String) -> Secrets {
+        self.gitops_token = Some(token);
+        self
+    }
+
+    /// The token of the user's GitOps repository, if one was given.
+    pub fn gitops_token(&self) -> Option<&str> {
+        self.gitops_token.as_deref()
     }
 
     /// The value of `secret`.

@@ -185,6 +185,41 @@ pub struct Appliance {
     pub nodes: Vec<NodeSpec>,
     /// The platform on top of the cluster.
     pub platform: Platform,
+    /// Where Argo CD keeps the platform from.
+    pub gitops: Gitops,
+}
+
+/// The GitOps repository Argo CD keeps the platform from (hearth generates
+/// its contents: `hearth gitops export`). Left out: a Git server inside the
+/// cluster, seeded at first boot, which needs nothing from outside.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Gitops {
+    /// The user's repository (`https://...`) instead of the in-cluster one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repo: Option<String>,
+    /// The branch Argo CD follows (default `main`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// The user name sent with the token (default `git`; GitHub takes any).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// A file holding the token (a GitHub PAT with read access) for a
+    /// private `repo`; it reaches the cluster as a Secret through the seed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<PathBuf>,
+}
+
+impl Gitops {
+    /// The branch Argo CD follows.
+    pub fn revision(&self) -> &str {
+        self.revision.as_deref().unwrap_or("main")
+    }
+
+    /// The user name sent with the token.
+    pub fn username(&self) -> &str {
+        self.username.as_deref().unwrap_or("git")
+    }
 }
 
 /// Which platform components are installed. A component left out of
@@ -358,6 +393,7 @@ impl Default for Appliance {
                 argocd_ip: None,
                 storage_path: "/var/lib/hearth/local-path".into(),
             },
+            gitops: Gitops::default(),
         }
     }
 }
@@ -551,10 +587,33 @@ impl Appliance {
             ("argocd", c.argocd, "metallb", c.metallb),
             ("argocd", c.argocd, "cert_manager", c.cert_manager),
         ];
+        // The in-cluster Git server keeps its repository on the default StorageClass.
+        let in_cluster_git = c.argocd && self.gitops.repo.is_none();
+        let needs = needs.into_iter().chain([(
+            "argocd (with the in-cluster Git server)",
+            in_cluster_git,
+            "local_path",
+            c.local_path,
+        )]);
         for (what, on, need, need_on) in needs {
             if on && !need_on {
                 p.push(format!("platform: {what} needs {need}, which is off"));
             }
+        }
+        let g = &self.gitops;
+        if let Some(repo) = &g.repo {
+            if !repo.starts_with("https://") || repo.contains(char::is_whitespace) || repo.contains('@') {
+                p.push(format!(
+                    "gitops: repo `{repo}` must be an https:// URL without credentials (put a token in a file named by `credentials`)"
+                ));
+            }
+        } else if g.credentials.is_some() || g.username.is_some() {
+            p.push("gitops: credentials and username need a repo".into());
+        }
+        if let Some(r) = &g.revision
+            && (r.is_empty() || r.contains(char::is_whitespace))
+        {
+            p.push(format!("gitops: revision `{r}` is not a branch name"));
         }
         let path = &pf.storage_path;
         if !path.starts_with('/') || path.split('/').any(|s| s == "..") || path.contains(char::is_whitespace) {
@@ -587,6 +646,15 @@ mod tests {
     fn every_validation_error_names_its_cause() {
         type Edit = Box<dyn FnOnce(&mut Appliance)>;
         let cases: Vec<(Edit, &str)> = vec![
+            (
+                Box::new(|a| a.gitops.repo = Some("https://user:tok@github.com/u/r".into())),
+                "gitops: repo `https://user:tok@github.com/u/r` must be an https:// URL without credentials",
+            ),
+            (Box::new(|a| a.gitops.credentials = Some("t".into())), "gitops: credentials and username need a repo"),
+            (
+                Box::new(|a| a.platform.components.local_path = false),
+                "platform: argocd (with the in-cluster Git server) needs local_path, which is off",
+            ),
             (
                 Box::new(|a| a.nodes[1].ip = ip(10, 0, 0, 5)),
                 "node `k8s-worker-1`: 10.0.0.5 is outside the network 192.168.122.0/24",

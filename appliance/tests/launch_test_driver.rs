@@ -58,14 +58,25 @@ fn prepare_launch_and_reinstall() {
             waits: vec![],
             timeout_secs: 60,
         }],
+        gitops: Some({
+            let files = std::collections::BTreeMap::from([("README.md".to_owned(), b"x\n".to_vec())]);
+            let repo = hearth_appliance::platform::gitops::commit(&a, &files);
+            hearth_appliance::platform::gitops::Repo { files, head: repo.head.hex(), bundle: repo.bundle() }
+        }),
     };
     let plans = launch::prepare(&a, &st.pki().unwrap(), &image, &opts(1), Some(&plan)).unwrap();
     let cp_files = out(Command::new("isoinfo").args(["-f", "-R", "-i"]).arg(&plans[0].seed));
-    for f in ["/platform/plan", "/platform/10-x/x.yaml"] {
+    for f in ["/platform/plan", "/platform/10-x/x.yaml", "/platform/gitops/platform.bundle"] {
         assert!(cp_files.lines().any(|l| l == f), "{f} missing from the control plane's seed: {cp_files}");
     }
     let plan_text = out(Command::new("isoinfo").args(["-R", "-x", "/platform/plan", "-i"]).arg(&plans[0].seed));
     assert_eq!(plan_text, plan.to_text());
+    let bundle = Command::new("isoinfo")
+        .args(["-R", "-x", "/platform/gitops/platform.bundle", "-i"])
+        .arg(&plans[0].seed)
+        .output()
+        .unwrap();
+    assert_eq!(bundle.stdout, plan.gitops.as_ref().unwrap().bundle, "the GitOps bundle rides on the seed as is");
     let w1_files = out(Command::new("isoinfo").args(["-f", "-R", "-i"]).arg(&plans[1].seed));
     assert!(!w1_files.contains("platform"), "a worker gets no plan: {w1_files}");
     let key_mode =

@@ -74,6 +74,7 @@ fn plan() -> Plan {
                 5,
             ),
         ],
+        gitops: None,
     }
 }
 

@@ -187,7 +187,9 @@ fn the_default_platform_renders_in_order_with_the_appliance_patches() {
             "40-cert-manager",
             "41-ca-issuer",
             "50-ingress-nginx",
-            "60-argo-cd"
+            "60-argo-cd",
+            "70-git-server",
+            "90-app-of-apps"
         ]
     );
     let objects: Vec<manifest::Object> = s.plan.objects().unwrap().into_iter().map(|(_, o)| o).collect();
@@ -262,36 +264,71 @@ fn the_default_platform_renders_in_order_with_the_appliance_patches() {
         "condition - clusterissuer/hearth-ca Ready\n",
         "condition ingress-nginx job/ingress-nginx-admission-create Complete\n",
         "value ingress-nginx service/ingress-nginx-controller {.status.loadBalancer.ingress[0].ip} 192.168.122.101\n",
+        "step 70-git-server 900\n",
+        "condition hearth-git job/gitops-seed Complete\n",
+        "value argocd application/hearth-root {.status.sync.status} Synced\n",
+        "value argocd application/hearth-root {.status.health.status} Healthy\n",
     ] {
         assert!(text.contains(line), "plan lacks {line:?}:\n{text}");
     }
     // Only the CA issuer's file holds a secret; only Argo CD needs server-side apply.
     let secret: Vec<&str> = s.plan.files().filter(|f| f.secret).map(|f| f.path.as_str()).collect();
-    assert_eq!(secret, ["41-ca-issuer/platform-ca.yaml", "60-argo-cd/argocd-secret.yaml"]);
+    assert_eq!(
+        secret,
+        ["41-ca-issuer/platform-ca.yaml", "60-argo-cd/argocd-secret.yaml", "70-git-server/git-admin.yaml"]
+    );
     // Argo CD's admin password is the appliance's, as a bcrypt hash Argo CD
     // compares logins with; its session key is the appliance's too.
     let argocd_secret = manifest::parse(&argo.files[1].body, "argocd-secret").unwrap().remove(0);
-    let data = |k: &str| argocd_secret["data"][k].as_str().unwrap_or_else(|| panic!("argocd-secret lacks {k}")).to_owned();
+    let data =
+        |k: &str| argocd_secret["data"][k].as_str().unwrap_or_else(|| panic!("argocd-secret lacks {k}")).to_owned();
     let python = s.python.clone().expect("HEARTH_K8S_PYTHON");
     let check = |password: &str| {
         run(Command::new(&python)
             .args(["-c", "import base64, bcrypt, sys; print(bcrypt.checkpw(sys.argv[1].encode(), base64.b64decode(sys.argv[2])), base64.b64decode(sys.argv[3]).decode())"])
             .args([password, &data("admin.password"), &data("server.secretkey")]))
     };
-    assert_eq!(check(secrets().get(Secret::ArgocdAdmin)).trim(), format!("True {}", secrets().get(Secret::ArgocdServerKey)));
+    assert_eq!(
+        check(secrets().get(Secret::ArgocdAdmin)).trim(),
+        format!("True {}", secrets().get(Secret::ArgocdServerKey))
+    );
     assert!(check("not the password").starts_with("False"), "the bcrypt oracle can fail");
     assert!(!argo.files[0].body.contains("admin.password"), "the secret is only in its own file");
     let cm = find("ConfigMap", "argocd-cm");
     assert_eq!(cm["data"]["application.resourceTrackingMethod"], "annotation");
-    assert!(cm["data"]["resource.customizations.health.argoproj.io_Application"].as_str().unwrap().contains("obj.status.health"));
+    assert!(
+        cm["data"]["resource.customizations.health.argoproj.io_Application"]
+            .as_str()
+            .unwrap()
+            .contains("obj.status.health")
+    );
     let ssa: Vec<&str> = s.plan.steps.iter().filter(|st| st.server_side).map(|st| st.name.as_str()).collect();
     assert_eq!(ssa, ["60-argo-cd"]);
 
     // The same appliance and state render the same bytes.
-    let again =
-        platform::render(&Appliance::default(), &pki(), &secrets(), &sources(&tool("HEARTH_HELM").unwrap(), &s.up, s._work.path()))
-            .unwrap();
+    let again = platform::render(
+        &Appliance::default(),
+        &pki(),
+        &secrets(),
+        &sources(&tool("HEARTH_HELM").unwrap(), &s.up, s._work.path()),
+    )
+    .unwrap();
     assert_eq!(again, s.plan);
+    // Another appliance's secrets change the secret files only: the GitOps
+    // repository, which holds none, is the same commit.
+    let other = platform::render(
+        &Appliance::default(),
+        &pki(),
+        &Secrets::for_tests("another appliance"),
+        &sources(&tool("HEARTH_HELM").unwrap(), &s.up, s._work.path()),
+    )
+    .unwrap();
+    for (mine, theirs) in s.plan.files().zip(other.files()) {
+        assert_eq!(mine.path, theirs.path);
+        let differ = mine.path.ends_with("argocd-secret.yaml") || mine.path.ends_with("git-admin.yaml");
+        assert_eq!(mine.body != theirs.body, differ, "{}", mine.path);
+    }
+    assert_eq!(other.gitops.as_ref().unwrap().head, s.plan.gitops.as_ref().unwrap().head);
 }
 
 #[test]
@@ -303,13 +340,14 @@ fn every_rendered_object_is_valid_for_kubernetes_1_29_and_its_crds() {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/tools/validate-crs.py");
     let python = s.python.clone().expect("HEARTH_K8S_PYTHON");
     let out = run(Command::new(&python).arg(&script).args(&s.files));
-    assert!(out.contains("custom resources: 5 checked, 0 problems"), "{out}");
+    assert!(out.contains("custom resources: 6 checked, 0 problems"), "{out}");
     for kind in [
         "IPAddressPool hearth-auto",
         "IPAddressPool hearth-fixed",
         "L2Advertisement hearth",
         "ClusterIssuer hearth-ca",
         "Certificate argocd-server-tls",
+        "Application hearth-root",
     ] {
         assert!(out.contains(&format!("{kind} against its CRD")), "{kind}:\n{out}");
     }
@@ -425,4 +463,174 @@ fn the_default_recipes_manifest_pins_are_the_upstream_files() {
         pinned += 1;
     }
     assert_eq!(pinned, 5);
+}
+
+/// `lighttpd` serving `git http-backend` (CGI) on loopback: the smart HTTP
+/// protocol the in-cluster Git server speaks to Argo CD.
+struct GitHttp {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl GitHttp {
+    fn start(root: &Path, work: &Path) -> Option<GitHttp> {
+        let lighttpd = ["/usr/sbin/lighttpd", "/usr/bin/lighttpd"].into_iter().map(PathBuf::from).find(|p| p.exists());
+        let Some(lighttpd) = lighttpd else {
+            let required = std::env::var_os("CI").is_some() || std::env::var_os("HEARTH_REQUIRE_TOOLS").is_some();
+            assert!(!required, "lighttpd is required here (tests/setup-host.sh installs it)");
+            eprintln!("SKIPPED: no lighttpd");
+            return None;
+        };
+        let exec_path = run(Command::new("git").arg("--exec-path"));
+        let backend = Path::new(exec_path.trim()).join("git-http-backend");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let conf = work.join("lighttpd.conf");
+        fs::write(
+            &conf,
+            format!(
+                r#"server.document-root = "{root}"
+server.bind = "127.0.0.1"
+server.port = {port}
+server.errorlog = "{work}/lighttpd.err"
+server.modules = ("mod_alias", "mod_cgi", "mod_setenv")
+alias.url = ("/git/" => "{backend}/")
+$HTTP["url"] =~ "^/git/" {{
+  cgi.assign = ("" => "")
+  setenv.set-environment = ("GIT_PROJECT_ROOT" => "{root}", "GIT_HTTP_EXPORT_ALL" => "1")
+}}
+"#,
+                root = root.display(),
+                work = work.display(),
+                backend = backend.display()
+            ),
+        )
+        .unwrap();
+        // Dropped (killed and reaped) on every path, the panic below included.
+        let server = GitHttp { child: Command::new(lighttpd).arg("-D").arg("-f").arg(&conf).spawn().unwrap(), port };
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(server);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!(
+            "lighttpd did not listen on 127.0.0.1:{port}: {}",
+            fs::read_to_string(work.join("lighttpd.err")).unwrap_or_default()
+        );
+    }
+}
+
+impl Drop for GitHttp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    run(Command::new("git").arg("-C").arg(dir).args(args).env("HOME", dir).env("GIT_CONFIG_NOSYSTEM", "1"))
+}
+
+#[test]
+fn the_gitops_repository_is_real_git_served_over_smart_http_and_holds_no_secret() {
+    let Some(s) = setup() else { return };
+    let repo = s.plan.gitops.as_ref().expect("Argo CD is on: the plan has a repository");
+    let work = s._work.path();
+    let paths: Vec<&str> = repo.files.keys().map(String::as_str).collect();
+    for want in [
+        "README.md",
+        "manifests/00-bootstrap/app-of-apps.yaml",
+        "manifests/00-bootstrap/apps/10-flannel.yaml",
+        "manifests/00-bootstrap/apps/60-argo-cd.yaml",
+        "manifests/00-bootstrap/apps/70-git-server.yaml",
+        "manifests/00-bootstrap/apps/99-applications.yaml",
+        "manifests/infrastructure/flannel/kube-flannel.yaml",
+        "manifests/infrastructure/ca-issuer/issuer.yaml",
+        "manifests/platform/argo-cd/argo-cd.yaml",
+        "manifests/platform/git-server/git-server.yaml",
+        "manifests/applications/README.md",
+    ] {
+        assert!(paths.contains(&want), "the repository lacks {want}: {paths:?}");
+    }
+    // The root the plan applies last is the repository's.
+    let root = s.plan.steps.last().unwrap();
+    assert_eq!(root.files[0].body.as_bytes(), &repo.files["manifests/00-bootstrap/app-of-apps.yaml"][..]);
+    // Argo CD adopts the very files the plan applied.
+    let applied = s.plan.files().find(|f| f.path == "10-flannel/kube-flannel.yaml").unwrap();
+    assert_eq!(applied.body.as_bytes(), &repo.files["manifests/infrastructure/flannel/kube-flannel.yaml"][..]);
+
+    // No secret: not the generated ones, not the platform CA's key, not in base64.
+    let b64 = |v: &str| hearth_appliance::kubeconfig::base64_encode::encode(v.as_bytes());
+    let mut forbidden: Vec<String> = secrets().values().flat_map(|(_, v)| [v.to_owned(), b64(v)]).collect();
+    forbidden.push(b64(&pki().platform_ca.key_pem));
+    forbidden.push(b64(&secrets().bcrypt(Secret::ArgocdAdmin)));
+    for (path, body) in &repo.files {
+        let text = String::from_utf8_lossy(body);
+        for f in &forbidden {
+            assert!(!text.contains(f.as_str()), "{path} holds a secret");
+        }
+    }
+    let bundle_text = String::from_utf8_lossy(&repo.bundle);
+    assert!(!forbidden.iter().any(|f| bundle_text.contains(f.as_str())));
+
+    // The bundle: verified and cloned by git, fsck clean, the same commit.
+    let bundle = work.join("platform.bundle");
+    fs::write(&bundle, &repo.bundle).unwrap();
+    let from_bundle = work.join("from-bundle");
+    run(Command::new("git").arg("clone").arg("--quiet").arg(&bundle).arg(&from_bundle));
+    git(&from_bundle, &["bundle", "verify", bundle.to_str().unwrap()]);
+    assert_eq!(git(&from_bundle, &["rev-parse", "HEAD"]).trim(), repo.head);
+    git(&from_bundle, &["fsck", "--strict", "--full", "--no-dangling"]);
+
+    // The checkout `hearth gitops export` writes: the same commit, a clean
+    // status, and fsck clean.
+    let commit = platform::gitops::commit(&Appliance::default(), &repo.files);
+    assert_eq!(commit.head.hex(), repo.head);
+    let export = work.join("export");
+    commit.write_checkout(&export).unwrap();
+    git(&export, &["fsck", "--strict", "--full", "--no-dangling"]);
+    assert_eq!(git(&export, &["rev-parse", "HEAD"]).trim(), repo.head);
+    assert_eq!(git(&export, &["status", "--porcelain"]), "", "the export is a clean checkout");
+    assert_eq!(git(&export, &["ls-files"]).lines().count(), repo.files.len());
+
+    // Served by git http-backend, cloned over smart HTTP (protocol v2 shows
+    // its `ls-refs` command in the packet trace).
+    let srv = work.join("srv");
+    fs::create_dir(&srv).unwrap();
+    commit.write_bare(&srv.join("platform.git")).unwrap();
+    git(&srv.join("platform.git"), &["fsck", "--strict", "--full", "--no-dangling"]);
+    let Some(server) = GitHttp::start(&srv, work) else { return };
+    let url = format!("http://127.0.0.1:{}/git/platform.git", server.port);
+    let cloned = work.join("cloned");
+    let out = Command::new("git")
+        .args(["-c", "protocol.version=2", "clone", &url])
+        .arg(&cloned)
+        .env("GIT_TRACE_PACKET", "1")
+        .env("HOME", work)
+        .output()
+        .unwrap();
+    let trace = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "clone over HTTP:\n{trace}");
+    assert!(trace.contains("command=ls-refs") && trace.contains("command=fetch"), "not smart HTTP v2:\n{trace}");
+    assert_eq!(git(&cloned, &["rev-parse", "HEAD"]).trim(), repo.head);
+    for (path, body) in &repo.files {
+        assert_eq!(&fs::read(cloned.join(path)).unwrap(), body, "{path} over HTTP");
+    }
+
+    // Its Applications are valid against Argo CD's CRD (rendered with it).
+    let python = s.python.clone().expect("HEARTH_K8S_PYTHON");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/tools/validate-crs.py");
+    let apps: Vec<PathBuf> =
+        repo.files.keys().filter(|p| p.starts_with("manifests/00-bootstrap/")).map(|p| cloned.join(p)).collect();
+    let argo = cloned.join("manifests/platform/argo-cd/argo-cd.yaml");
+    let out =
+        run(Command::new(&python).arg(&script).args(["--known", "cert-manager.io/Certificate"]).arg(&argo).args(&apps));
+    let n = apps.len();
+    assert!(out.contains(&format!("custom resources: {n} checked, 0 problems")), "{out}");
+    assert!(out.contains("Application hearth-root against its CRD"), "{out}");
+    let validate = tool("HEARTH_K8S_VALIDATE").unwrap();
+    let out = run(Command::new(&validate)
+        .args(["-k", "1.29.0", "--strict", "--no-warn"])
+        .arg(cloned.join("manifests/platform/git-server/git-server.yaml")));
+    assert!(!out.contains("ERROR"), "{out}");
 }

@@ -16,6 +16,8 @@
 //!
 //! Pure: text in, text out; no process, clock or network.
 
+pub mod git;
+pub mod gitops;
 pub mod manifest;
 
 use std::collections::BTreeMap;
@@ -204,6 +206,8 @@ pub struct Step {
 pub struct Plan {
     /// Steps in order.
     pub steps: Vec<Step>,
+    /// The GitOps repository Argo CD keeps the platform from (with Argo CD).
+    pub gitops: Option<gitops::Repo>,
 }
 
 impl Plan {
@@ -382,7 +386,42 @@ pub fn render(a: &Appliance, pki: &Pki, secrets: &Secrets, sources: &Sources) ->
             }
         }
     }
+    if Component::ArgoCd.enabled(a) {
+        gitops_steps(a, secrets, &mut plan);
+    }
     Ok(plan)
+}
+
+/// The Git server (unless the user's repository is named), the repository of
+/// everything so far, and last the root Application. With the in-cluster
+/// repository the plan waits for the root to be Synced and Healthy; the
+/// user's repository may still be empty, so then the plan only applies it.
+fn gitops_steps(a: &Appliance, secrets: &Secrets, plan: &mut Plan) {
+    if a.gitops.repo.is_none() {
+        plan.steps.push(gitops::git_server_step(a, secrets));
+    }
+    let files = gitops::repository(a, plan);
+    let repo = gitops::commit(a, &files);
+    let root = format!("application/{}", gitops::ROOT_APP);
+    let waits = match a.gitops.repo {
+        Some(_) => vec![],
+        None => ["sync", "health"]
+            .into_iter()
+            .zip(["Synced", "Healthy"])
+            .map(|(what, value)| Wait::Value {
+                namespace: ARGOCD_NAMESPACE.into(),
+                object: root.clone(),
+                path: format!("{{.status.{what}.status}}"),
+                value: value.into(),
+            })
+            .collect(),
+    };
+    let mut step = step("90-app-of-apps", Some(("app-of-apps", &[gitops::root_application(a)])), waits, 1800);
+    if let Some(credentials) = gitops::repo_credentials(a, secrets) {
+        step.files.insert(0, secret_file("90-app-of-apps", "repo-credentials", &[credentials]));
+    }
+    plan.steps.push(step);
+    plan.gitops = Some(gitops::Repo { head: repo.head.hex(), bundle: repo.bundle(), files });
 }
 
 /// Flannel's network is the appliance's pod CIDR.
