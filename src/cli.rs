@@ -102,6 +102,16 @@ pub enum Command {
     /// && update-ca-certificates`; docker `/etc/docker/certs.d/192.168.122.100/ca.crt`;
     /// podman `/etc/containers/certs.d/192.168.122.100/ca.crt`; a browser imports the file.
     Ca(CaArgs),
+    /// Print the platform's URLs, user names and where each password is kept
+    ///
+    /// Passwords are made on the host once per appliance, kept in its state directory
+    /// (`secrets/`, 0600) and delivered through the control plane's seed; they are never in
+    /// the node image or the GitOps repository. This prints where each one is, not the
+    /// password itself, unless asked by name: `hearth access --show argocd-admin-password`.
+    Access(AccessArgs),
+    /// The GitOps repository Argo CD keeps the platform from
+    #[command(subcommand)]
+    Gitops(GitopsCommand),
     /// SSH into a node as the image's default user, with your key
     Ssh(SshArgs),
     /// Attach to a node's serial console (`virsh console`; leave with Ctrl+])
@@ -187,6 +197,38 @@ pub struct CaArgs {
     /// Write to this file (0644) instead of printing
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct AccessArgs {
+    /// appliance.toml [default: ./appliance.toml if present, else the built-in layout]
+    #[arg(short, long, value_name = "FILE")]
+    pub appliance: Option<PathBuf>,
+    /// Print this one secret (e.g. argocd-admin-password) and nothing else
+    #[arg(long, value_name = "NAME")]
+    pub show: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GitopsCommand {
+    /// Write the appliance's GitOps repository to a new directory, to push to your own
+    ///
+    /// The same commit first boot seeded the in-cluster Git server with: the seed's layout
+    /// (`manifests/00-bootstrap/app-of-apps.yaml`, `infrastructure/`, `platform/`,
+    /// `applications/`), with no secret in it. To have Argo CD follow your repository, push
+    /// it (`git -C DIR push https://github.com/USER/REPO main`), then set `[gitops] repo` (and
+    /// `credentials`, a file with a read token, for a private one) in appliance.toml and
+    /// `hearth reinstall`.
+    Export(ExportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// appliance.toml [default: ./appliance.toml if present, else the built-in layout]
+    #[arg(short, long, value_name = "FILE")]
+    pub appliance: Option<PathBuf>,
+    /// The directory to create
+    pub dir: PathBuf,
 }
 
 #[derive(Debug, Args)]

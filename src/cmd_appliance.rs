@@ -10,7 +10,10 @@ use anyhow::Context as _;
 use hearth_appliance::lifecycle::{self, Destroyed, Event, Events, Host};
 use hearth_appliance::ready::Status;
 
-use crate::cli::{ApplianceArg, ApplianceJsonArg, CaArgs, Global, KubeconfigArgs, LaunchArgs, NodeArg, SshArgs};
+use crate::cli::{
+    AccessArgs, ApplianceArg, ApplianceJsonArg, CaArgs, ExportArgs, Global, KubeconfigArgs, LaunchArgs, NodeArg,
+    SshArgs,
+};
 use crate::progress::Live;
 use crate::{CmdResult, Failure};
 
@@ -296,6 +299,43 @@ pub fn ca(g: &Global, args: &CaArgs) -> CmdResult {
         }
         None => print!("{pem}"),
     }
+    Ok(())
+}
+
+pub fn access(g: &Global, args: &AccessArgs) -> CmdResult {
+    let a = lifecycle::load_spec(args.appliance.as_deref()).map_err(failure)?;
+    let notes = Notes::new(g);
+    let h = host(g, &notes)?;
+    if let Some(name) = &args.show {
+        println!("{}", lifecycle::secret(&h, &a, name).map_err(failure)?);
+        return Ok(());
+    }
+    let doors = lifecycle::access(&h, &a).map_err(failure)?;
+    for d in &doors {
+        println!("{}", d.what);
+        println!("  url:      {}", d.url);
+        if d.what == "GitOps repository" && a.gitops.repo.is_none() {
+            println!("            (inside the cluster; from here: kubectl -n hearth-git port-forward svc/git 3000)");
+        }
+        if let Some(user) = d.user {
+            println!("  user:     {user}");
+        }
+        if let Some((s, path)) = &d.secret {
+            println!("  password: in {} (hearth access --show {})", path.display(), s.name());
+        }
+    }
+    println!("TLS certificates are from the platform CA: `hearth ca` prints it.");
+    Ok(())
+}
+
+pub fn gitops_export(g: &Global, args: &ExportArgs) -> CmdResult {
+    let a = lifecycle::load_spec(args.appliance.as_deref()).map_err(failure)?;
+    let head = lifecycle::gitops_export(&host(g, &Notes::new(g))?, &a, &args.dir).map_err(failure)?;
+    note(
+        g,
+        &format!("wrote the GitOps repository of `{}` to `{}` (commit {head} on main)", a.name, args.dir.display()),
+    );
+    println!("{}", args.dir.display());
     Ok(())
 }
 

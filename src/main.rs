@@ -74,6 +74,8 @@ fn run(cli: Cli) -> CmdResult {
         Command::Destroy(a) => cmd_appliance::destroy(g, &a),
         Command::Kubeconfig(a) => cmd_appliance::kubeconfig(g, &a),
         Command::Ca(a) => cmd_appliance::ca(g, &a),
+        Command::Access(a) => cmd_appliance::access(g, &a),
+        Command::Gitops(cli::GitopsCommand::Export(a)) => cmd_appliance::gitops_export(g, &a),
         Command::Ssh(a) => cmd_appliance::ssh(g, &a),
         Command::Console(a) => cmd_appliance::console(g, &a),
     }

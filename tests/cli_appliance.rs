@@ -146,6 +146,16 @@ fn launch_status_kubeconfig_reinstall_destroy_on_the_test_driver() {
     let subject = Command::new("openssl").args(["x509", "-noout", "-subject", "-in"]).arg(&trust).output().unwrap();
     assert!(String::from_utf8_lossy(&subject.stdout).contains("hearth platform CA"), "{subject:?}");
     assert_eq!(mode(&app.join("pki/platform-ca.key")), 0o600);
+    // access: without a platform, only the API; a secret is shown only by its name.
+    env.run(&["access", "-a", spec_s]).ok().stdout_has("Kubernetes API\n  url:      https://192.168.122.10:6443");
+    env.run(&["access", "-a", spec_s, "--show", "nope"])
+        .fails()
+        .stderr_has("appliance `lab` has no secret `nope`")
+        .stderr_has("argocd-admin-password");
+    let shown = env.run(&["access", "-a", spec_s, "--show", "git-admin-password"]).ok().stdout;
+    assert_eq!(shown, fs::read_to_string(app.join("secrets/git-admin-password")).unwrap());
+    assert_eq!(mode(&app.join("secrets/git-admin-password")), 0o600);
+    env.run(&["gitops", "export", "-a", spec_s, "x"]).fails().stderr_has("has no GitOps repository");
 
     // Reinstall: next generation, same PKI, fresh seeds.
     let ca = fs::read(app.join("pki/ca.crt")).unwrap();

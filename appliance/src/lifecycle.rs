@@ -146,6 +146,28 @@ pub enum Error {
     /// The runtime of the Kubernetes client.
     #[error("starting the Kubernetes client's runtime")]
     Runtime(#[source] std::io::Error),
+    /// The appliance has no GitOps repository (no platform, or Argo CD off).
+    #[error("appliance `{name}` has no GitOps repository: {why}")]
+    NoGitops {
+        /// The appliance.
+        name: String,
+        /// Why.
+        why: &'static str,
+    },
+    /// An export would overwrite something.
+    #[error("`{}` exists: the export writes a new directory", dir.display())]
+    Exists {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// No such secret.
+    #[error("appliance `{name}` has no secret `{secret}`")]
+    NoSecret {
+        /// The appliance.
+        name: String,
+        /// The name asked for.
+        secret: String,
+    },
 }
 
 impl Error {
@@ -166,6 +188,13 @@ impl Error {
                 format!("`hearth build {}`, then `hearth destroy` and `hearth launch`", recipe.display())
             }
             Error::NoNode { nodes, .. } => format!("its nodes: {}", nodes.join(", ")),
+            Error::NoSecret { .. } => format!(
+                "its secrets: {}",
+                crate::secrets::Secret::ALL.iter().map(|s| s.name()).collect::<Vec<_>>().join(", ")
+            ),
+            Error::NoGitops { .. } => {
+                "the platform (a recipe with [[manifests]]) and `argocd` in [platform.components] bring one".into()
+            }
             Error::Wait { .. } => {
                 "`hearth status` shows each node's first-boot stage; `hearth console NODE` shows its console".into()
             }
@@ -510,6 +539,96 @@ pub fn admin_kubeconfig(h: &Host, a: &Appliance) -> Result<(Launched, PathBuf), 
 pub fn platform_ca(h: &Host, a: &Appliance) -> Result<String, Error> {
     let (state, _) = launched(h, a)?;
     Ok(state.pki()?.platform_ca.cert_pem)
+}
+
+/// `gitops export`: writes the GitOps repository of a launched appliance
+/// into `dir` (new) as a Git checkout of one commit on `main`: the commit
+/// first boot seeds the in-cluster Git server with (rendered again from the
+/// recorded inputs, byte for byte). Returns the commit id.
+pub fn gitops_export(h: &Host, a: &Appliance, dir: &Path) -> Result<String, Error> {
+    let (state, l) = launched(h, a)?;
+    let name = l.appliance.name.clone();
+    let Some(record) = &l.platform else {
+        return Err(Error::NoGitops { name, why: "it was launched without a platform" });
+    };
+    if dir.exists() {
+        return Err(Error::Exists { dir: dir.to_owned() });
+    }
+    let launch_err = |source| Error::Launch { name: name.clone(), source };
+    let inputs = launch::PlatformInputs::load(record).map_err(launch_err)?;
+    let secrets = launch::platform_secrets(&l.appliance, &state).map_err(launch_err)?;
+    let plan = crate::platform::render(&l.appliance, &state.pki()?, &secrets, &inputs.sources)
+        .map_err(|e| launch_err(e.into()))?;
+    let Some(repo) = plan.gitops else {
+        return Err(Error::NoGitops { name, why: "Argo CD is off in [platform.components]" });
+    };
+    let commit = crate::platform::gitops::commit(&l.appliance, &repo.files);
+    debug_assert_eq!(commit.head.hex(), repo.head);
+    commit.write_checkout(dir)?;
+    Ok(repo.head)
+}
+
+/// One way into the platform: where, as whom, and where the password is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Door {
+    /// What it is.
+    pub what: &'static str,
+    /// Its URL (or how to reach it).
+    pub url: String,
+    /// The user name, if it has one.
+    pub user: Option<&'static str>,
+    /// The file holding its password, if any (read it with `hearth access --show`).
+    pub secret: Option<(crate::secrets::Secret, PathBuf)>,
+}
+
+/// `access`: the platform's URLs, user names and where each password is.
+pub fn access(h: &Host, a: &Appliance) -> Result<Vec<Door>, Error> {
+    use crate::platform::Component;
+    use crate::secrets::{Secret, Secrets};
+    let (state, l) = launched(h, a)?;
+    let a = &l.appliance;
+    let secret = |s: Secret| Some((s, Secrets::path(state.dir(), s)));
+    let mut doors = vec![Door {
+        what: "Kubernetes API",
+        url: format!("https://{}", a.api_endpoint()),
+        user: Some("kubernetes-admin (`hearth kubeconfig`)"),
+        secret: None,
+    }];
+    if l.platform.is_none() {
+        return Ok(doors);
+    }
+    if Component::IngressNginx.enabled(a) {
+        doors.push(Door {
+            what: "ingress-nginx",
+            url: format!("http://{0} https://{0}", a.ingress_ip()),
+            user: None,
+            secret: None,
+        });
+    }
+    if Component::ArgoCd.enabled(a) {
+        doors.push(Door {
+            what: "Argo CD",
+            url: format!("https://{}", a.argocd_ip()),
+            user: Some("admin"),
+            secret: secret(Secret::ArgocdAdmin),
+        });
+        doors.push(Door {
+            what: "GitOps repository",
+            url: crate::platform::gitops::repo_url(a),
+            user: a.gitops.repo.is_none().then_some(crate::platform::gitops::GIT_USER),
+            secret: if a.gitops.repo.is_none() { secret(Secret::GitAdmin) } else { None },
+        });
+    }
+    Ok(doors)
+}
+
+/// One secret of a launched appliance, by name: for `hearth access --show`.
+pub fn secret(h: &Host, a: &Appliance, name: &str) -> Result<String, Error> {
+    use crate::secrets::Secret;
+    let (state, l) = launched(h, a)?;
+    let s = Secret::from_name(name)
+        .ok_or_else(|| Error::NoSecret { name: l.appliance.name.clone(), secret: name.to_owned() })?;
+    Ok(state.secrets()?.get(s).to_owned())
 }
 
 fn node_of<'a>(l: &'a Launched, node: &str) -> Result<(&'a NodeSpec, &'a LaunchedNode), Error> {

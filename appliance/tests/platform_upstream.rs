@@ -634,3 +634,49 @@ fn the_gitops_repository_is_real_git_served_over_smart_http_and_holds_no_secret(
         .arg(cloned.join("manifests/platform/git-server/git-server.yaml")));
     assert!(!out.contains("ERROR"), "{out}");
 }
+
+#[test]
+fn gitops_export_writes_the_seeded_commit_and_access_names_where_each_password_is() {
+    use hearth_appliance::lifecycle::{self, Host, Quiet};
+    use hearth_appliance::state::{Launched, PlatformRecord, State};
+    let Some(up) = upstream() else { return };
+    let Some(helm) = tool("HEARTH_HELM") else { return };
+    let work = tempfile::tempdir().unwrap();
+    // A launched appliance as its record says: the manifests in files.
+    let a = Appliance::default();
+    let mut record = PlatformRecord { recipe: "test".into(), ..Default::default() };
+    for (c, text) in sources(&helm, &up, work.path()) {
+        let path = work.path().join(format!("{}.yaml", c.name()));
+        fs::write(&path, text).unwrap();
+        record.manifests.insert(c.name().to_owned(), path);
+    }
+    let root = work.path().join("state");
+    let state = State::new(&root, &a.name);
+    state.save_launched(&Launched::new(&a, work.path(), 1, "qemu", &[], Some(&record))).unwrap();
+    let h = Host { state_root: root.clone(), home: None, events: &Quiet };
+
+    let dir = work.path().join("export");
+    let head = lifecycle::gitops_export(&h, &a, &dir).unwrap();
+    // The commit launch seeds: rendered from the same state and inputs.
+    let inputs = hearth_appliance::launch::PlatformInputs::load(&record).unwrap();
+    let plan = platform::render(&a, &state.pki().unwrap(), &state.secrets().unwrap(), &inputs.sources).unwrap();
+    assert_eq!(head, plan.gitops.unwrap().head);
+    assert_eq!(git(&dir, &["rev-parse", "HEAD"]).trim(), head);
+    git(&dir, &["fsck", "--strict", "--full", "--no-dangling"]);
+    assert_eq!(git(&dir, &["status", "--porcelain"]), "");
+    let e = lifecycle::gitops_export(&h, &a, &dir).unwrap_err();
+    assert!(e.to_string().contains("exists"), "{e}");
+
+    // access: URLs, users and the files of the passwords, not the passwords.
+    let doors = lifecycle::access(&h, &a).unwrap();
+    let argo = doors.iter().find(|d| d.what == "Argo CD").unwrap();
+    assert_eq!(argo.url, "https://192.168.122.102");
+    assert_eq!(argo.user, Some("admin"));
+    let (secret, path) = argo.secret.clone().unwrap();
+    assert_eq!(secret, Secret::ArgocdAdmin);
+    assert_eq!(fs::read_to_string(&path).unwrap().trim(), lifecycle::secret(&h, &a, "argocd-admin-password").unwrap());
+    let git_door = doors.iter().find(|d| d.what == "GitOps repository").unwrap();
+    assert_eq!(git_door.url, "http://git.hearth-git.svc.cluster.local:3000/hearth/platform.git");
+    let e = lifecycle::secret(&h, &a, "nope").unwrap_err();
+    assert!(e.hint().unwrap().contains("argocd-admin-password"), "{:?}", e.hint());
+}
