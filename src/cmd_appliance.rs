@@ -239,6 +239,14 @@ fn print_status(st: &Status, json: bool) -> CmdResult {
             }
         );
         println!("  {:<14} {}", "storage class", or_dash(c.default_storage_class.as_deref()));
+        for app in &c.applications {
+            let state = format!(
+                "{}/{}",
+                or_dash(Some(&app.sync).filter(|s| !s.is_empty()).map(String::as_str)),
+                or_dash(Some(&app.health).filter(|s| !s.is_empty()).map(String::as_str))
+            );
+            println!("  {:<14} {state}", format!("app {}", app.name));
+        }
         if let Some(p) = &c.pending {
             println!("  first missing: {p}");
         }

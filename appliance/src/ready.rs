@@ -218,8 +218,71 @@ pub struct Components {
     pub issuer_ready: Option<bool>,
     /// The default StorageClass.
     pub default_storage_class: Option<String>,
+    /// Argo CD's Applications, in sync-wave order, the root last.
+    pub applications: Vec<Application>,
     /// The first thing still missing, with its reason (absent: all there).
     pub pending: Option<String>,
+}
+
+/// An Argo CD Application as its status says.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Application {
+    /// Its name.
+    pub name: String,
+    /// `Synced`, `OutOfSync`, `Unknown` (empty: no status yet).
+    pub sync: String,
+    /// `Healthy`, `Progressing`, `Degraded`, `Missing`, ... (empty: none yet).
+    pub health: String,
+    /// Why, when Argo CD says (a health message, a condition, the last operation's).
+    pub message: Option<String>,
+}
+
+impl Application {
+    /// Synced and Healthy.
+    pub fn ok(&self) -> bool {
+        self.sync == "Synced" && self.health == "Healthy"
+    }
+
+    fn from_object(o: &kube::api::DynamicObject) -> (i64, Application) {
+        let status = &o.data["status"];
+        let text = |v: &serde_json::Value| v.as_str().filter(|s| !s.is_empty()).map(str::to_owned);
+        let message = text(&status["health"]["message"])
+            .or_else(|| status["conditions"].as_array().and_then(|cs| cs.iter().find_map(|c| text(&c["message"]))))
+            .or_else(|| {
+                text(&status["operationState"]["message"]).filter(|_| status["operationState"]["phase"] != "Succeeded")
+            });
+        let wave = o
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("argocd.argoproj.io/sync-wave"))
+            .and_then(|w| w.parse().ok())
+            .unwrap_or(0);
+        let app = Application {
+            name: o.metadata.name.clone().unwrap_or_default(),
+            sync: status["sync"]["status"].as_str().unwrap_or("").to_owned(),
+            health: status["health"]["status"].as_str().unwrap_or("").to_owned(),
+            message,
+        };
+        (wave, app)
+    }
+}
+
+/// Argo CD's Applications in sync-wave order, the root (app-of-apps) last.
+async fn applications(client: &kube::Client) -> Vec<Application> {
+    let gvk = kube::api::GroupVersionKind::gvk("argoproj.io", "v1alpha1", "Application");
+    let ar = kube::api::ApiResource::from_gvk_with_plural(&gvk, "applications");
+    let api: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(client.clone(), crate::platform::ARGOCD_NAMESPACE, &ar);
+    let Ok(list) = api.list(&ListParams::default()).await else { return Vec::new() };
+    let mut apps: Vec<(bool, i64, Application)> = list
+        .items
+        .iter()
+        .map(Application::from_object)
+        .map(|(wave, app)| (app.name == crate::platform::gitops::ROOT_APP, wave, app))
+        .collect();
+    apps.sort_by(|x, y| (x.0, x.1, &x.2.name).cmp(&(y.0, y.1, &y.2.name)));
+    apps.into_iter().map(|(_, _, app)| app).collect()
 }
 
 /// Namespace of each component's workloads (as the upstream manifests make them).
@@ -367,7 +430,40 @@ pub async fn components(client: &kube::Client, a: &crate::spec::Appliance) -> Co
                     ));
                 }
             }
-            C::Flannel | C::Metallb | C::ArgoCd => {}
+            C::ArgoCd => {
+                if a.gitops.repo.is_none() {
+                    let git = crate::platform::gitops::GIT_NAMESPACE;
+                    if let Ok(list) = Api::<Deployment>::namespaced(client.clone(), git).list(&lp).await {
+                        let ws: Vec<Workload> =
+                            list.items.into_iter().map(|d| deployment_workload(c.name(), d)).collect();
+                        if ws.is_empty() {
+                            pending.push(format!("{}: nothing deployed in namespace {git} yet", c.name()));
+                        }
+                        for w in ws.iter().filter(|w| !w.ready) {
+                            pending.push(format!("{}: {} {}", c.name(), w.object, w.detail));
+                        }
+                        out.workloads.extend(ws);
+                    }
+                }
+                out.applications = applications(client).await;
+                for app in out.applications.iter().filter(|app| !app.ok()) {
+                    let state = match (app.sync.as_str(), app.health.as_str()) {
+                        ("", "") => "has no status yet".to_owned(),
+                        (s, h) => {
+                            format!("is {}/{}", if s.is_empty() { "-" } else { s }, if h.is_empty() { "-" } else { h })
+                        }
+                    };
+                    let why = app.message.as_deref().map(|m| format!(": {m}")).unwrap_or_default();
+                    pending.push(format!("argo-cd: Application {} {state}{why}", app.name));
+                }
+                if !out.applications.iter().any(|app| app.name == crate::platform::gitops::ROOT_APP) {
+                    pending.push(format!(
+                        "argo-cd: the root Application {} is not there yet",
+                        crate::platform::gitops::ROOT_APP
+                    ));
+                }
+            }
+            C::Flannel | C::Metallb => {}
         }
     }
     out.pending = pending.into_iter().next();

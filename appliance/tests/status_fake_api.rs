@@ -77,6 +77,13 @@ impl Cluster {
             list("DaemonSetList", "apps/v1", items),
         );
     }
+    fn applications(&self, items: Vec<Value>) {
+        serve_json(
+            &self.srv,
+            "/apis/argoproj.io/v1alpha1/namespaces/argocd/applications",
+            list("ApplicationList", "argoproj.io/v1alpha1", items),
+        );
+    }
     fn issuer(&self, ready: bool) {
         let body = json!({"apiVersion": "cert-manager.io/v1", "kind": "ClusterIssuer",
         "metadata": {"name": "hearth-ca", "uid": "u", "resourceVersion": "9", "generation": 1, "creationTimestamp": TS},
@@ -211,8 +218,49 @@ fn the_platform_section_names_the_first_thing_missing_with_its_reason() {
         Some("argo-cd: StatefulSet argocd/argocd-application-controller 0 of 1 replicas ready")
     );
     serve_sts(1);
+    // Then the in-cluster Git server (an absent namespace lists empty).
+    c.deployments("hearth-git", vec![]);
+    assert_eq!(c.look().pending.as_deref(), Some("argo-cd: nothing deployed in namespace hearth-git yet"));
+    c.deployments("hearth-git", vec![deployment("hearth-git", "gitea", true)]);
+    // Then the Applications: none yet, so the root is missing.
+    c.applications(vec![]);
+    assert_eq!(c.look().pending.as_deref(), Some("argo-cd: the root Application hearth-root is not there yet"));
+    // An OutOfSync one, with Argo CD's words; the root is listed last.
+    c.applications(vec![
+        application("hearth-root", None, "Synced", "Progressing", None),
+        application("metallb", Some("30"), "OutOfSync", "Healthy", Some("one or more objects failed to apply")),
+        application("flannel", Some("10"), "Synced", "Healthy", None),
+    ]);
+    let st = c.look();
+    let names: Vec<&str> = st.applications.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(names, ["flannel", "metallb", "hearth-root"]);
+    assert_eq!(
+        st.pending.as_deref(),
+        Some("argo-cd: Application metallb is OutOfSync/Healthy: one or more objects failed to apply")
+    );
+    c.applications(vec![
+        application("hearth-root", None, "Synced", "Healthy", None),
+        application("metallb", Some("30"), "Synced", "Healthy", None),
+        application("flannel", Some("10"), "Synced", "Healthy", None),
+    ]);
     let st = c.look();
     assert_eq!(st.pending, None, "{st:#?}");
     assert_eq!(st.ingress_ip.as_deref(), Some("192.168.122.101"));
     assert!(st.workloads.iter().all(|w| w.ready));
+}
+
+/// An Argo CD Application as the API returns it.
+fn application(name: &str, wave: Option<&str>, sync: &str, health: &str, message: Option<&str>) -> Value {
+    let mut metadata = meta("argocd", name);
+    if let Some(w) = wave {
+        metadata["annotations"] = json!({"argocd.argoproj.io/sync-wave": w});
+    }
+    let mut status = json!({"sync": {"status": sync, "revision": "0123abcd"}, "health": {"status": health}});
+    if let Some(m) = message {
+        status["conditions"] = json!([{"type": "SyncError", "message": m, "lastTransitionTime": TS}]);
+    }
+    json!({"apiVersion": "argoproj.io/v1alpha1", "kind": "Application", "metadata": metadata,
+           "spec": {"project": "default", "destination": {"server": "https://kubernetes.default.svc"},
+                    "source": {"repoURL": "http://git.hearth-git.svc.cluster.local:3000/hearth/platform.git", "path": "x"}},
+           "status": status})
 }
