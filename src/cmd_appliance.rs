@@ -239,6 +239,9 @@ fn print_status(st: &Status, json: bool) -> CmdResult {
             }
         );
         println!("  {:<14} {}", "storage class", or_dash(c.default_storage_class.as_deref()));
+        if c.workloads.iter().any(|w| w.component == "harbor") {
+            println!("  {:<14} {}", "harbor health", or_dash(c.harbor_health.as_deref()));
+        }
         for app in &c.applications {
             let state = format!(
                 "{}/{}",

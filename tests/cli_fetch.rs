@@ -298,7 +298,7 @@ fn the_default_recipe_loads_and_names_exactly_its_unpinned_inputs() {
     cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
     let r = common::Run::from(cmd.output().unwrap()).fails();
     // README lists these two as left to `hearth lock`; keep both in step.
-    r.stderr_has("14 input(s) of `images/ubuntu-24.04-k8s-1.29.toml` are not pinned");
+    r.stderr_has("29 input(s) of `images/ubuntu-24.04-k8s-1.29.toml` are not pinned");
     r.stderr_has("debs/conntrack (line");
     r.stderr_has("images/registry.k8s.io/kube-proxy:v1.29.15 (line");
     for image in [
@@ -313,9 +313,22 @@ fn the_default_recipe_loads_and_names_exactly_its_unpinned_inputs() {
         "ghcr.io/dexidp/dex:v2.38.0",
         "docker.io/library/redis:7.0.15-alpine",
         "docker.io/gitea/gitea:1.22.6-rootless",
+        "docker.io/goharbor/harbor-core:v2.11.1",
+        "docker.io/goharbor/nginx-photon:v2.11.1",
+        "oci.external-secrets.io/external-secrets/external-secrets:v0.10.7",
+        "ghcr.io/actions/gha-runner-scale-set-controller:0.9.3",
+        "ghcr.io/actions/actions-runner:2.317.0",
     ] {
         r.stderr_has(&format!("images/{image} (line"));
     }
-    r.stderr_has("manifests/cert-manager.yaml (line");
+    for manifest in [
+        "cert-manager.yaml",
+        "harbor-1.15.1.tgz",
+        "external-secrets-0.10.7.tgz",
+        "gha-runner-scale-set-controller-0.9.3.tar.gz",
+        "gha-runner-scale-set-0.9.3.tar.gz",
+    ] {
+        r.stderr_has(&format!("manifests/{manifest} (line"));
+    }
     assert!(!env.store.exists(), "nothing may be written");
 }

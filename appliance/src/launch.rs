@@ -21,6 +21,7 @@ use crate::files::{FileError, remove_if_present, write_atomic};
 use crate::libvirt::{Libvirt, LibvirtError, NetworkUse};
 use crate::pki::{Pki, PkiError};
 use crate::platform::{self, Plan};
+use crate::secrets::Secrets;
 use crate::seed;
 use crate::spec::{Appliance, NodeSpec};
 use crate::state::{Launched, PlatformRecord, State};
@@ -47,9 +48,19 @@ pub enum LaunchError {
     /// The platform does not render or would not run offline.
     #[error(transparent)]
     Platform(#[from] platform::PlatformError),
+    /// A Helm chart.
+    #[error(transparent)]
+    Chart(#[from] platform::charts::ChartError),
+    /// Charts to render and no Helm in the recipe.
+    #[error("{recipe}: the platform has Helm charts but no `[[manifests]]` with component = \"helm\"")]
+    NoHelm {
+        /// The recipe.
+        recipe: String,
+    },
     /// A recipe's manifest names a component hearth does not know.
     #[error(
-        "{recipe}: manifest component `{name}` is not one of flannel, local-path, metallb, cert-manager, ingress-nginx"
+        "{recipe}: manifest component `{name}` is not one of flannel, local-path, metallb, cert-manager, \
+         ingress-nginx, argo-cd, harbor, external-secrets, arc, arc-runner-set, helm"
     )]
     UnknownComponent {
         /// The recipe.
@@ -115,12 +126,17 @@ pub struct Options<'a> {
     pub platform: Option<&'a PlatformInputs>,
 }
 
-/// What the platform is rendered from: the recipe's manifests and what its
-/// image preloads, read from the store as recorded.
+/// What the platform is rendered from: the recipe's manifests, charts and
+/// Helm, and what its image preloads, read from the store as recorded.
 #[derive(Clone, Debug)]
 pub struct PlatformInputs {
     /// The upstream manifests, by component.
     pub sources: platform::Sources,
+    /// The charts (a packaged `.tgz`, or a source archive and the chart's
+    /// directory in it), by component.
+    pub charts: std::collections::BTreeMap<platform::Component, (PathBuf, Option<String>)>,
+    /// The Helm release tarball that renders the charts (or a Helm binary).
+    pub helm: Option<PathBuf>,
     /// The images the node image preloads.
     pub preloaded: Vec<platform::Preloaded>,
     /// Where they came from (kept in the launch record).
@@ -131,10 +147,20 @@ impl PlatformInputs {
     /// Reads the recorded manifests from the store.
     pub fn load(record: &PlatformRecord) -> Result<PlatformInputs, LaunchError> {
         let mut sources = platform::Sources::new();
+        let mut charts = std::collections::BTreeMap::new();
+        let mut helm = None;
         for (name, path) in &record.manifests {
+            if name == "helm" {
+                helm = Some(path.clone());
+                continue;
+            }
             let c = platform::Component::from_name(name)
                 .ok_or_else(|| LaunchError::UnknownComponent { recipe: record.recipe.clone(), name: name.clone() })?;
-            sources.insert(c, fs::read_to_string(path).map_err(io("reading the platform manifest", path))?);
+            if c.is_chart() {
+                charts.insert(c, (path.clone(), record.chart_dirs.get(name).cloned()));
+            } else {
+                sources.insert(c, fs::read_to_string(path).map_err(io("reading the platform manifest", path))?);
+            }
         }
         let preloaded = record
             .images
@@ -144,8 +170,57 @@ impl PlatformInputs {
                 digest: digest.as_deref().and_then(|d| hearth_builder::digest::Sha256::parse_oci(d).ok()),
             })
             .collect();
-        Ok(PlatformInputs { sources, preloaded, record: record.clone() })
+        Ok(PlatformInputs { sources, charts, helm, preloaded, record: record.clone() })
     }
+
+    /// Renders the platform of `a`: each enabled chart by Helm first (in
+    /// `scratch`, removed after), then the plan.
+    pub fn render(&self, a: &Appliance, pki: &Pki, secrets: &Secrets, scratch: &Path) -> Result<Plan, LaunchError> {
+        let mut sources = self.sources.clone();
+        let wanted: Vec<_> = self.charts.iter().filter(|(c, _)| c.enabled(a)).collect();
+        if !wanted.is_empty() {
+            let Some(tarball) = &self.helm else {
+                return Err(LaunchError::NoHelm { recipe: self.record.recipe.clone() });
+            };
+            let _ = fs::remove_dir_all(scratch);
+            fs::create_dir_all(scratch).map_err(io("creating", scratch))?;
+            fs::set_permissions(scratch, fs::Permissions::from_mode(0o700)).map_err(io("protecting", scratch))?;
+            let rendered = (|| {
+                // The recipe's release tarball; a plain binary is taken as is.
+                let gzip = fs::read(tarball).map_err(io("reading", tarball))?.starts_with(&[0x1f, 0x8b]);
+                let helm = if gzip {
+                    unpack(tarball, scratch, "helm", Some("linux-amd64/helm"))?.join("linux-amd64/helm")
+                } else {
+                    tarball.clone()
+                };
+                let mut out = Vec::new();
+                for (c, (chart, dir)) in wanted {
+                    let chart = match dir {
+                        Some(dir) => unpack(chart, scratch, c.name(), Some(dir))?.join(dir),
+                        None => chart.clone(),
+                    };
+                    let values = platform::charts::values(*c, a, secrets);
+                    out.push((*c, platform::charts::template(&helm, &chart, *c, &values)?));
+                }
+                Ok::<_, LaunchError>(out)
+            })();
+            let _ = fs::remove_dir_all(scratch);
+            sources.extend(rendered?);
+        }
+        Ok(platform::render(a, pki, secrets, &sources)?)
+    }
+}
+
+/// Unpacks `member` (all when none) of the tar archive `archive` into
+/// `scratch/name`; returns that directory.
+fn unpack(archive: &Path, scratch: &Path, name: &str, member: Option<&str>) -> Result<PathBuf, LaunchError> {
+    let dir = scratch.join(name);
+    fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
+    let mut tar = Command::new("tar");
+    tar.arg("-xf").arg(archive).arg("-C").arg(&dir);
+    tar.args(member);
+    cmd::run(&mut tar)?;
+    Ok(dir)
 }
 
 /// Prepares every node's files (overlays and seeds are made anew), the nodes
@@ -312,7 +387,7 @@ pub fn up(lv: &Libvirt, a: &Appliance, state: &State, image: &Path, o: &Options)
             // could not run offline stops the launch here.
             let plan = match o.platform {
                 Some(p) => {
-                    let plan = platform::render(a, &pki, &platform_secrets(a, state)?, &p.sources)?;
+                    let plan = p.render(a, &pki, &platform_secrets(a, state)?, &state.dir().join("render.tmp"))?;
                     platform::check(&plan, &p.preloaded, &p.record.recipe)?;
                     Some(plan)
                 }
@@ -341,17 +416,24 @@ pub fn up(lv: &Libvirt, a: &Appliance, state: &State, image: &Path, o: &Options)
     })
 }
 
-/// The appliance's platform secrets, with the token of its GitOps repository
-/// when `[gitops] credentials` names one.
-pub fn platform_secrets(a: &Appliance, state: &State) -> Result<crate::secrets::Secrets, LaunchError> {
-    let secrets = state.secrets()?;
-    Ok(match &a.gitops.credentials {
-        Some(path) => {
-            let token = fs::read_to_string(path).map_err(io("reading the GitOps token", path))?;
-            secrets.with_gitops_token(token.trim().to_owned())
+/// The appliance's platform secrets, with the user's tokens its appliance.toml
+/// names (GitOps repository, Pulumi, GitHub).
+pub fn platform_secrets(a: &Appliance, state: &State) -> Result<Secrets, LaunchError> {
+    use crate::secrets::UserToken;
+    let mut secrets = state.secrets()?;
+    let p = &a.platform;
+    let files = [
+        (UserToken::Gitops, a.gitops.credentials.as_ref(), "reading the GitOps token"),
+        (UserToken::Pulumi, p.pulumi.token.as_ref().filter(|_| p.pulumi.configured()), "reading the Pulumi token"),
+        (UserToken::Github, p.arc.credentials.as_ref().filter(|_| p.arc.configured()), "reading the GitHub token"),
+    ];
+    for (which, path, what) in files {
+        if let Some(path) = path {
+            let token = fs::read_to_string(path).map_err(io(what, path))?;
+            secrets = secrets.with_user_token(which, token.trim().to_owned());
         }
-        None => secrets,
-    })
+    }
+    Ok(secrets)
 }
 
 /// Defines and starts the domains side by side: most of a start is QEMU coming

@@ -320,7 +320,13 @@ pub fn load_spec(arg: Option<&Path>) -> Result<Appliance, Error> {
                 *p = base.join(&*p);
             }
         }
-        for k in [&mut a.ssh_public_key, &mut a.gitops.credentials].into_iter().flatten() {
+        let files = [
+            &mut a.ssh_public_key,
+            &mut a.gitops.credentials,
+            &mut a.platform.pulumi.token,
+            &mut a.platform.arc.credentials,
+        ];
+        for k in files.into_iter().flatten() {
             if k.is_relative() {
                 *k = base.join(&*k);
             }
@@ -401,6 +407,9 @@ fn find_image(store: &Store, a: &Appliance) -> Result<(PathBuf, Option<PlatformR
         for m in &loaded.recipe.manifests {
             let file = build::input_file(store, &filled, &m.input_id()).map_err(not_built)?;
             record.manifests.insert(m.component.get_ref().clone(), file);
+            if let Some(dir) = &m.path {
+                record.chart_dirs.insert(m.component.get_ref().clone(), dir.clone());
+            }
             if let Some(f) = filled.iter().find(|f| f.input.id == m.input_id()) {
                 keep.push(f.path.clone());
             }
@@ -557,8 +566,8 @@ pub fn gitops_export(h: &Host, a: &Appliance, dir: &Path) -> Result<String, Erro
     let launch_err = |source| Error::Launch { name: name.clone(), source };
     let inputs = launch::PlatformInputs::load(record).map_err(launch_err)?;
     let secrets = launch::platform_secrets(&l.appliance, &state).map_err(launch_err)?;
-    let plan = crate::platform::render(&l.appliance, &state.pki()?, &secrets, &inputs.sources)
-        .map_err(|e| launch_err(e.into()))?;
+    let plan =
+        inputs.render(&l.appliance, &state.pki()?, &secrets, &state.dir().join("render.tmp")).map_err(launch_err)?;
     let Some(repo) = plan.gitops else {
         return Err(Error::NoGitops { name, why: "Argo CD is off in [platform.components]" });
     };

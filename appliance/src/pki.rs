@@ -106,7 +106,7 @@ fn civil(days: i64) -> (i32, u8, u8) {
     ((y + i64::from(m <= 2)) as i32, m, d)
 }
 
-fn make_ca(common_name: &str, what: &'static str) -> Result<Ca, PkiError> {
+pub(crate) fn make_ca(common_name: &str, what: &'static str) -> Result<Ca, PkiError> {
     let key = KeyPair::generate_for(&PKCS_RSA_SHA256).map_err(gen_err(what))?;
     let mut params = CertificateParams::new(Vec::<String>::new()).map_err(gen_err(what))?;
     params.distinguished_name.push(DnType::CommonName, common_name);

@@ -220,6 +220,8 @@ pub struct Components {
     pub default_storage_class: Option<String>,
     /// Argo CD's Applications, in sync-wave order, the root last.
     pub applications: Vec<Application>,
+    /// What Harbor's `/api/v2.0/health` says (absent: no answer).
+    pub harbor_health: Option<String>,
     /// The first thing still missing, with its reason (absent: all there).
     pub pending: Option<String>,
 }
@@ -295,7 +297,32 @@ fn component_namespace(c: crate::platform::Component) -> &'static str {
         C::CertManager => "cert-manager",
         C::IngressNginx => "ingress-nginx",
         C::ArgoCd => crate::platform::ARGOCD_NAMESPACE,
+        C::Harbor => crate::platform::charts::HARBOR_NAMESPACE,
+        C::ExternalSecrets => crate::platform::charts::ESO_NAMESPACE,
+        C::Arc => crate::platform::charts::ARC_NAMESPACE,
+        C::ArcRunners => crate::platform::charts::ARC_RUNNERS_NAMESPACE,
     }
+}
+
+/// Harbor's own health (`/api/v2.0/health`), asked through the API server's
+/// service proxy: `healthy`, or what is not, e.g. `unhealthy (database: unhealthy)`.
+async fn harbor_health(client: &kube::Client) -> Option<String> {
+    let path = format!(
+        "/api/v1/namespaces/{}/services/harbor-core:http-web/proxy/api/v2.0/health",
+        crate::platform::charts::HARBOR_NAMESPACE
+    );
+    let req = http::Request::get(path).body(Vec::new()).expect("a valid request");
+    let text = tokio::time::timeout(Duration::from_secs(10), client.request_text(req)).await.ok()?.ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let status = v["status"].as_str()?.to_owned();
+    let bad: Vec<String> = v["components"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["status"] != "healthy")
+        .map(|c| format!("{}: {}", c["name"].as_str().unwrap_or("?"), c["status"].as_str().unwrap_or("?")))
+        .collect();
+    Some(if bad.is_empty() { status } else { format!("{status} ({})", bad.join(", ")) })
 }
 
 fn deployment_workload(component: &str, d: k8s_openapi::api::apps::v1::Deployment) -> Workload {
@@ -362,7 +389,8 @@ pub async fn components(client: &kube::Client, a: &crate::spec::Appliance) -> Co
             workloads.extend(list.items.into_iter().map(|d| statefulset_workload(c.name(), d)));
         }
         workloads.sort_by(|x, y| x.object.cmp(&y.object));
-        if workloads.is_empty() {
+        // Runners come and go with jobs: an empty runner namespace is fine.
+        if workloads.is_empty() && c != C::ArcRunners {
             pending.push(format!("{}: nothing deployed in namespace {ns} yet", c.name()));
         }
         for w in workloads.iter().filter(|w| !w.ready) {
@@ -463,7 +491,15 @@ pub async fn components(client: &kube::Client, a: &crate::spec::Appliance) -> Co
                     ));
                 }
             }
-            C::Flannel | C::Metallb => {}
+            C::Harbor => {
+                out.harbor_health = harbor_health(client).await;
+                match out.harbor_health.as_deref() {
+                    Some("healthy") => {}
+                    Some(h) => pending.push(format!("harbor: /api/v2.0/health says {h}")),
+                    None => pending.push("harbor: /api/v2.0/health does not answer yet".into()),
+                }
+            }
+            C::Flannel | C::Metallb | C::ExternalSecrets | C::Arc | C::ArcRunners => {}
         }
     }
     out.pending = pending.into_iter().next();

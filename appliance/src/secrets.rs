@@ -24,6 +24,9 @@ pub enum SecretsError {
     /// Reading or writing a file.
     #[error(transparent)]
     File(#[from] FileError),
+    /// Making a key pair.
+    #[error(transparent)]
+    Key(#[from] Box<crate::pki::PkiError>),
     /// The OS random generator failed.
     #[error("the OS random generator failed")]
     Random(#[from] getrandom::Error),
@@ -46,11 +49,39 @@ pub enum Secret {
     ArgocdServerKey,
     /// The in-cluster Git server's `hearth` user.
     GitAdmin,
+    /// Harbor's `admin` password.
+    HarborAdmin,
+    /// Harbor's `secretKey`, which encrypts its stored credentials (16 characters).
+    HarborSecretKey,
+    /// Harbor core's secret between its components (16 characters).
+    HarborCore,
+    /// Harbor core's CSRF key (32 characters).
+    HarborXsrf,
+    /// Harbor jobservice's secret (16 characters).
+    HarborJobservice,
+    /// The registry's HTTP secret (16 characters).
+    HarborRegistryHttp,
+    /// The password core and jobservice use with the registry (htpasswd).
+    HarborRegistry,
+    /// The password of Harbor's internal PostgreSQL.
+    HarborDatabase,
 }
 
 impl Secret {
     /// Every secret, in a fixed order.
-    pub const ALL: [Secret; 3] = [Secret::ArgocdAdmin, Secret::ArgocdServerKey, Secret::GitAdmin];
+    pub const ALL: [Secret; 11] = [
+        Secret::ArgocdAdmin,
+        Secret::ArgocdServerKey,
+        Secret::GitAdmin,
+        Secret::HarborAdmin,
+        Secret::HarborSecretKey,
+        Secret::HarborCore,
+        Secret::HarborXsrf,
+        Secret::HarborJobservice,
+        Secret::HarborRegistryHttp,
+        Secret::HarborRegistry,
+        Secret::HarborDatabase,
+    ];
 
     /// Its file name under `secrets/`, and the name `hearth secret` takes.
     pub fn name(self) -> &'static str {
@@ -58,6 +89,22 @@ impl Secret {
             Secret::ArgocdAdmin => "argocd-admin-password",
             Secret::ArgocdServerKey => "argocd-server-secretkey",
             Secret::GitAdmin => "git-admin-password",
+            Secret::HarborAdmin => "harbor-admin-password",
+            Secret::HarborSecretKey => "harbor-secret-key",
+            Secret::HarborCore => "harbor-core-secret",
+            Secret::HarborXsrf => "harbor-xsrf-key",
+            Secret::HarborJobservice => "harbor-jobservice-secret",
+            Secret::HarborRegistryHttp => "harbor-registry-http-secret",
+            Secret::HarborRegistry => "harbor-registry-password",
+            Secret::HarborDatabase => "harbor-database-password",
+        }
+    }
+
+    /// How many characters it has: what the consumer demands, else 32.
+    pub fn length(self) -> usize {
+        match self {
+            Secret::HarborSecretKey | Secret::HarborCore | Secret::HarborJobservice | Secret::HarborRegistryHttp => 16,
+            _ => LENGTH,
         }
     }
 
@@ -67,6 +114,14 @@ impl Secret {
             Secret::ArgocdAdmin => "Argo CD user `admin`",
             Secret::ArgocdServerKey => "Argo CD session signing key",
             Secret::GitAdmin => "in-cluster Git server user `hearth`",
+            Secret::HarborAdmin => "Harbor user `admin`",
+            Secret::HarborSecretKey => "Harbor's encryption key for stored credentials",
+            Secret::HarborCore => "Harbor core's internal secret",
+            Secret::HarborXsrf => "Harbor core's CSRF key",
+            Secret::HarborJobservice => "Harbor jobservice's internal secret",
+            Secret::HarborRegistryHttp => "Harbor registry's HTTP secret",
+            Secret::HarborRegistry => "Harbor registry's internal user",
+            Secret::HarborDatabase => "Harbor's PostgreSQL password",
         }
     }
 
@@ -76,6 +131,17 @@ impl Secret {
     }
 }
 
+/// A token the user gives in a file named by appliance.toml.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UserToken {
+    /// `[gitops] credentials`: read access to the user's GitOps repository.
+    Gitops,
+    /// `[platform.pulumi] token`: a Pulumi access token.
+    Pulumi,
+    /// `[platform.arc] credentials`: a GitHub token that registers runners.
+    Github,
+}
+
 /// Characters of a generated secret: letters and digits, so that a secret
 /// needs no quoting in a URL, a shell, YAML or an htpasswd line.
 const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
@@ -83,29 +149,41 @@ const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01
 /// Length of a generated secret: 32 characters of 62, about 190 bits.
 const LENGTH: usize = 32;
 
-/// A new random secret.
-fn generate() -> Result<String, SecretsError> {
-    let mut out = String::with_capacity(LENGTH);
-    while out.len() < LENGTH {
+/// A new random secret of `len` characters.
+fn generate(len: usize) -> Result<String, SecretsError> {
+    let mut out = String::with_capacity(len);
+    while out.len() < len {
         let mut b = [0u8; 64];
         getrandom::fill(&mut b)?;
         // Rejection sampling keeps the characters uniform (248 = 4 * 62).
-        out.extend(b.iter().filter(|&&x| x < 248).map(|&x| ALPHABET[x as usize % 62] as char).take(LENGTH - out.len()));
+        out.extend(b.iter().filter(|&&x| x < 248).map(|&x| ALPHABET[x as usize % 62] as char).take(len - out.len()));
     }
     Ok(out)
 }
 
-fn well_formed(s: &str) -> bool {
-    s.len() >= 16 && s.bytes().all(|b| ALPHABET.contains(&b))
+fn well_formed(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|b| ALPHABET.contains(&b))
+}
+
+/// A key pair and its self-signed certificate (PEM).
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyPair {
+    /// The certificate.
+    pub cert_pem: String,
+    /// The private key.
+    pub key_pem: String,
 }
 
 /// The appliance's secrets.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secrets {
     values: Vec<(Secret, String)>,
-    /// The token for the user's GitOps repository (`[gitops] credentials`),
-    /// read at launch; the user's, not made by hearth.
-    gitops_token: Option<String>,
+    /// The key and certificate Harbor's token service signs registry tokens
+    /// with (the chart would make a new one on every render).
+    harbor_token: KeyPair,
+    /// The user's tokens (`[gitops] credentials`, `[platform.pulumi] token`,
+    /// `[platform.arc] credentials`), read at launch; not made by hearth.
+    user_tokens: Vec<(UserToken, String)>,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -140,16 +218,16 @@ impl Secrets {
             let value = match fs::read_to_string(&path) {
                 Ok(text) => {
                     let v = text.trim().to_owned();
-                    if !well_formed(&v) {
+                    if !well_formed(&v, s.length()) {
                         return Err(SecretsError::Damaged {
                             path,
-                            why: "not a secret hearth made (16 or more letters and digits)".into(),
+                            why: format!("not a secret hearth made ({} letters and digits)", s.length()),
                         });
                     }
                     v
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    let v = generate()?;
+                    let v = generate(s.length())?;
                     write_atomic(&path, format!("{v}\n").as_bytes(), 0o600)?;
                     v
                 }
@@ -157,7 +235,17 @@ impl Secrets {
             };
             values.push((s, value));
         }
-        Ok(Secrets { values, gitops_token: None })
+        let (crt, key) = (dir.join("harbor-token.crt"), dir.join("harbor-token.key"));
+        let harbor_token = if key.exists() {
+            let read = |p: &Path| fs::read_to_string(p).map_err(io("reading", p));
+            KeyPair { cert_pem: read(&crt)?, key_pem: read(&key)? }
+        } else {
+            let ca = crate::pki::make_ca("harbor-token-ca", "Harbor's token key").map_err(Box::new)?;
+            write_atomic(&crt, ca.cert_pem.as_bytes(), 0o600)?;
+            write_atomic(&key, ca.key_pem.as_bytes(), 0o600)?;
+            KeyPair { cert_pem: ca.cert_pem, key_pem: ca.key_pem }
+        };
+        Ok(Secrets { values, harbor_token, user_tokens: Vec::new() })
     }
 
     /// Fixed secrets for tests and benchmarks (never for an appliance).
@@ -166,21 +254,31 @@ impl Secrets {
             .into_iter()
             .map(|s| {
                 let h = sha2::Sha256::digest(format!("{seed}/{}", s.name()).as_bytes());
-                (s, h.iter().map(|b| ALPHABET[*b as usize % 62] as char).collect())
+                (s, h.iter().map(|b| ALPHABET[*b as usize % 62] as char).take(s.length()).collect())
             })
             .collect();
-        Secrets { values, gitops_token: None }
+        let harbor_token = KeyPair {
+            cert_pem: format!("-----BEGIN CERTIFICATE-----\n{seed} harbor token\n-----END CERTIFICATE-----\n"),
+            key_pem: format!("-----BEGIN PRIVATE KEY-----\n{seed} harbor token\n-----END PRIVATE KEY-----\n"),
+        };
+        Secrets { values, harbor_token, user_tokens: Vec::new() }
     }
 
-    /// With the token of the user's GitOps repository.
-    pub fn with_gitops_token(mut self, token: String) -> Secrets {
-        self.gitops_token = Some(token);
+    /// With one of the user's tokens.
+    pub fn with_user_token(mut self, which: UserToken, token: String) -> Secrets {
+        self.user_tokens.retain(|(w, _)| *w != which);
+        self.user_tokens.push((which, token));
         self
     }
 
-    /// The token of the user's GitOps repository, if one was given.
-    pub fn gitops_token(&self) -> Option<&str> {
-        self.gitops_token.as_deref()
+    /// One of the user's tokens, if given.
+    pub fn user_token(&self, which: UserToken) -> Option<&str> {
+        self.user_tokens.iter().find(|(w, _)| *w == which).map(|(_, t)| t.as_str())
+    }
+
+    /// Harbor's token signing key and certificate.
+    pub fn harbor_token(&self) -> &KeyPair {
+        &self.harbor_token
     }
 
     /// The value of `secret`.
@@ -191,6 +289,11 @@ impl Secrets {
     /// Every value, for scans that prove a secret went nowhere it should not.
     pub fn values(&self) -> impl Iterator<Item = (Secret, &str)> {
         self.values.iter().map(|(s, v)| (*s, v.as_str()))
+    }
+
+    /// An htpasswd line of `user` with the bcrypt hash of `secret`.
+    pub fn htpasswd(&self, user: &str, secret: Secret) -> String {
+        format!("{user}:{}", self.bcrypt(secret))
     }
 
     /// The bcrypt hash of `secret` as Go's bcrypt writes it (`$2a$`, cost 10),
@@ -221,7 +324,7 @@ mod tests {
         for s in Secret::ALL {
             let meta = fs::metadata(Secrets::path(dir.path(), s)).unwrap();
             assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{}", s.name());
-            assert_eq!(a.get(s).len(), LENGTH);
+            assert_eq!(a.get(s).len(), s.length());
         }
         // Every secret differs, and another appliance gets others.
         let other = Secrets::load_or_create(tempfile::tempdir().unwrap().path()).unwrap();

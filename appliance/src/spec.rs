@@ -240,6 +240,12 @@ pub struct Components {
     pub ingress_nginx: bool,
     /// Argo CD, its server at `argocd_ip` with a certificate from the platform CA.
     pub argocd: bool,
+    /// Harbor, the registry at `harbor_ip` (TLS from the platform CA).
+    pub harbor: bool,
+    /// External Secrets Operator (a Pulumi ESC store when `[platform.pulumi]` says).
+    pub external_secrets: bool,
+    /// Actions Runner Controller (runners when `[platform.arc]` names a repository).
+    pub arc: bool,
 }
 
 impl Default for Components {
@@ -251,7 +257,79 @@ impl Default for Components {
             cert_manager: true,
             ingress_nginx: true,
             argocd: true,
+            harbor: true,
+            external_secrets: true,
+            arc: true,
         }
+    }
+}
+
+/// Pulumi ESC as External Secrets' ClusterSecretStore `pulumi-esc`: made only
+/// when all three names and the token file are given.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Pulumi {
+    /// The Pulumi organization.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub organization: Option<String>,
+    /// The ESC project.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    /// The ESC environment.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
+    /// A file holding a Pulumi access token; it reaches the cluster as a
+    /// Secret through the control plane's seed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<PathBuf>,
+}
+
+impl Pulumi {
+    /// Whether a store is wanted (every field given).
+    pub fn configured(&self) -> bool {
+        self.organization.is_some() && self.project.is_some() && self.environment.is_some() && self.token.is_some()
+    }
+}
+
+/// GitHub Actions runners (ARC's runner scale set): only when
+/// `github_config_url` and `credentials` are given.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Arc {
+    /// The repository, organization or enterprise the runners serve
+    /// (`https://github.com/USER/REPO`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub github_config_url: Option<String>,
+    /// A file holding a GitHub token (PAT) that may register runners.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<PathBuf>,
+    /// The runner image: pinned, preloaded by the recipe (never `:latest`).
+    pub runner_image: String,
+    /// The `runs-on:` label of the scale set.
+    pub scale_set_name: String,
+    /// Runners kept idle.
+    pub min_runners: u32,
+    /// Runners at most.
+    pub max_runners: u32,
+}
+
+impl Default for Arc {
+    fn default() -> Self {
+        Arc {
+            github_config_url: None,
+            credentials: None,
+            runner_image: "ghcr.io/actions/actions-runner:2.317.0".into(),
+            scale_set_name: "hearth".into(),
+            min_runners: 0,
+            max_runners: 3,
+        }
+    }
+}
+
+impl Arc {
+    /// Whether a runner scale set is wanted.
+    pub fn configured(&self) -> bool {
+        self.github_config_url.is_some() && self.credentials.is_some()
     }
 }
 
@@ -278,6 +356,10 @@ pub struct Platform {
     pub argocd_ip: Option<Ipv4Addr>,
     /// Where local-path volumes live on each node (absolute).
     pub storage_path: String,
+    /// External Secrets' Pulumi ESC store.
+    pub pulumi: Pulumi,
+    /// GitHub Actions runners.
+    pub arc: Arc,
 }
 
 impl Default for Platform {
@@ -392,6 +474,8 @@ impl Default for Appliance {
                 ingress_ip: None,
                 argocd_ip: None,
                 storage_path: "/var/lib/hearth/local-path".into(),
+                pulumi: Pulumi::default(),
+                arc: Arc::default(),
             },
             gitops: Gitops::default(),
         }
@@ -586,6 +670,11 @@ impl Appliance {
             ("argocd", c.argocd, "flannel", c.flannel),
             ("argocd", c.argocd, "metallb", c.metallb),
             ("argocd", c.argocd, "cert_manager", c.cert_manager),
+            ("harbor", c.harbor, "metallb", c.metallb),
+            ("harbor", c.harbor, "cert_manager", c.cert_manager),
+            ("harbor", c.harbor, "local_path", c.local_path),
+            ("external_secrets", c.external_secrets, "flannel", c.flannel),
+            ("arc", c.arc, "flannel", c.flannel),
         ];
         // The in-cluster Git server keeps its repository on the default StorageClass.
         let in_cluster_git = c.argocd && self.gitops.repo.is_none();
@@ -599,6 +688,34 @@ impl Appliance {
             if on && !need_on {
                 p.push(format!("platform: {what} needs {need}, which is off"));
             }
+        }
+        let pulumi = &pf.pulumi;
+        let given = [
+            pulumi.organization.is_some(),
+            pulumi.project.is_some(),
+            pulumi.environment.is_some(),
+            pulumi.token.is_some(),
+        ];
+        if given.iter().any(|g| *g) && !given.iter().all(|g| *g) {
+            p.push("platform.pulumi: organization, project, environment and token go together".into());
+        }
+        if pulumi.configured() && !c.external_secrets {
+            p.push("platform.pulumi needs external_secrets, which is off".into());
+        }
+        let arc = &pf.arc;
+        if arc.github_config_url.is_some() != arc.credentials.is_some() {
+            p.push("platform.arc: github_config_url and credentials go together".into());
+        }
+        if let Some(u) = &arc.github_config_url
+            && !u.starts_with("https://")
+        {
+            p.push(format!("platform.arc: github_config_url `{u}` is not an https:// URL"));
+        }
+        if arc.runner_image.ends_with(":latest") || !arc.runner_image.contains(':') {
+            p.push(format!("platform.arc: runner_image `{}` must name a pinned tag, never latest", arc.runner_image));
+        }
+        if arc.min_runners > arc.max_runners {
+            p.push(format!("platform.arc: min_runners {} is above max_runners {}", arc.min_runners, arc.max_runners));
         }
         let g = &self.gitops;
         if let Some(repo) = &g.repo {

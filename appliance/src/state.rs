@@ -91,8 +91,11 @@ pub struct Launched {
 pub struct PlatformRecord {
     /// The recipe (for messages).
     pub recipe: String,
-    /// Each component's manifest file in the store.
+    /// Each component's manifest file (or chart, or Helm tarball) in the store.
     pub manifests: std::collections::BTreeMap<String, PathBuf>,
+    /// For a chart in a source archive: its directory inside, by component.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub chart_dirs: std::collections::BTreeMap<String, String>,
     /// The images the node image preloads: reference and pinned digest.
     pub images: Vec<(String, Option<String>)>,
 }

@@ -13,6 +13,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use hearth_appliance::launch::PlatformInputs;
 use hearth_appliance::pki::{Ca, Pki};
 use hearth_appliance::platform::{self, Component, Plan, Preloaded, Sources, manifest};
 use hearth_appliance::secrets::{Secret, Secrets};
@@ -103,6 +104,51 @@ fn cert_manager_static(helm: &Path, up: &Path, work: &Path) -> String {
     format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: cert-manager\n---\n{rendered}")
 }
 
+/// External Secrets' chart as its release packs it: the disabled
+/// `bitwarden-sdk-server` dependency (not shipped in the repository) dropped,
+/// the CRDs of `deploy/crds/bundle.yaml` in `templates/crds/`, behind
+/// `installCRDs`.
+fn external_secrets_chart(up: &Path, work: &Path) -> PathBuf {
+    let src = up.join("external-secrets-helm-chart-0.10.7/deploy");
+    let chart = work.join("external-secrets");
+    copy_dir(&src.join("charts/external-secrets"), &chart);
+    let yaml = fs::read_to_string(chart.join("Chart.yaml")).unwrap();
+    let (kept, deps) = yaml.split_once("dependencies:").expect("Chart.yaml declares its dependencies");
+    assert!(deps.contains("bitwarden-sdk-server") && deps.contains("condition: bitwarden-sdk-server.enabled"));
+    fs::write(chart.join("Chart.yaml"), kept).unwrap();
+    let _ = fs::remove_file(chart.join("Chart.lock"));
+    let bundle = fs::read_to_string(src.join("crds/bundle.yaml")).unwrap();
+    assert!(!bundle.contains("{{"), "the CRDs hold nothing Helm would template");
+    fs::write(
+        chart.join("templates/crds/bundle.yaml"),
+        format!("{{{{- if .Values.installCRDs }}}}\n{bundle}{{{{- end }}}}\n"),
+    )
+    .unwrap();
+    chart
+}
+
+/// The platform's inputs from the upstream files: the manifests, the charts
+/// (directories), and the test setup's Helm binary.
+fn inputs(helm: &Path, up: &Path, work: &Path) -> PlatformInputs {
+    let arc = up.join("actions-runner-controller-gha-runner-scale-set-0.9.3/charts");
+    PlatformInputs {
+        sources: sources(helm, up, work),
+        charts: std::collections::BTreeMap::from([
+            (Component::Harbor, (up.join("harbor-helm-v1.15.1"), None)),
+            (Component::ExternalSecrets, (external_secrets_chart(up, work), None)),
+            (Component::Arc, (arc.join("gha-runner-scale-set-controller"), None)),
+            (Component::ArcRunners, (arc.join("gha-runner-scale-set"), None)),
+        ]),
+        helm: Some(helm.to_owned()),
+        preloaded: default_recipe_images(),
+        record: Default::default(),
+    }
+}
+
+fn render(a: &Appliance, secrets: &Secrets, helm: &Path, up: &Path, work: &Path) -> Plan {
+    inputs(helm, up, work).render(a, &pki(), secrets, &work.join("scratch")).unwrap()
+}
+
 fn sources(helm: &Path, up: &Path, work: &Path) -> Sources {
     let read = |rel: &str| fs::read_to_string(up.join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
     Sources::from([
@@ -157,11 +203,33 @@ struct Setup {
     up: PathBuf,
 }
 
+/// The default appliance with everything optional configured too: a Pulumi
+/// ESC store and a GitHub runner scale set, with (fixed) user tokens.
+fn configured() -> (Appliance, Secrets) {
+    use hearth_appliance::secrets::UserToken;
+    let mut a = Appliance::default();
+    a.platform.pulumi.organization = Some("home".into());
+    a.platform.pulumi.project = Some("lab".into());
+    a.platform.pulumi.environment = Some("prod".into());
+    a.platform.pulumi.token = Some("pulumi.token".into());
+    a.platform.arc.github_config_url = Some("https://github.com/user/repo".into());
+    a.platform.arc.credentials = Some("github.token".into());
+    a.validate().unwrap();
+    let s = secrets()
+        .with_user_token(UserToken::Pulumi, "pul-0123456789abcdef0123456789abcdef01234567".into())
+        .with_user_token(UserToken::Github, "ghp_0123456789abcdefghijklmnopqrstuvwxyz".into());
+    (a, s)
+}
+
 fn setup() -> Option<Setup> {
+    setup_with(&Appliance::default(), &secrets())
+}
+
+fn setup_with(a: &Appliance, secrets: &Secrets) -> Option<Setup> {
     let up = upstream()?;
     let helm = tool("HEARTH_HELM")?;
     let work = tempfile::tempdir().unwrap();
-    let plan = platform::render(&Appliance::default(), &pki(), &secrets(), &sources(&helm, &up, work.path())).unwrap();
+    let plan = render(a, secrets, &helm, &up, work.path());
     let mut files = Vec::new();
     for f in plan.files() {
         let p = work.path().join("plan").join(&f.path);
@@ -188,7 +256,10 @@ fn the_default_platform_renders_in_order_with_the_appliance_patches() {
             "41-ca-issuer",
             "50-ingress-nginx",
             "60-argo-cd",
-            "70-git-server",
+            "70-harbor",
+            "71-external-secrets",
+            "73-arc",
+            "80-git-server",
             "90-app-of-apps"
         ]
     );
@@ -264,7 +335,7 @@ fn the_default_platform_renders_in_order_with_the_appliance_patches() {
         "condition - clusterissuer/hearth-ca Ready\n",
         "condition ingress-nginx job/ingress-nginx-admission-create Complete\n",
         "value ingress-nginx service/ingress-nginx-controller {.status.loadBalancer.ingress[0].ip} 192.168.122.101\n",
-        "step 70-git-server 900\n",
+        "step 80-git-server 900\n",
         "condition hearth-git job/gitops-seed Complete\n",
         "value argocd application/hearth-root {.status.sync.status} Synced\n",
         "value argocd application/hearth-root {.status.health.status} Healthy\n",
@@ -275,8 +346,33 @@ fn the_default_platform_renders_in_order_with_the_appliance_patches() {
     let secret: Vec<&str> = s.plan.files().filter(|f| f.secret).map(|f| f.path.as_str()).collect();
     assert_eq!(
         secret,
-        ["41-ca-issuer/platform-ca.yaml", "60-argo-cd/argocd-secret.yaml", "70-git-server/git-admin.yaml"]
+        [
+            "41-ca-issuer/platform-ca.yaml",
+            "60-argo-cd/argocd-secret.yaml",
+            "70-harbor/secrets.yaml",
+            "71-external-secrets/secrets.yaml",
+            "80-git-server/git-admin.yaml"
+        ]
     );
+    // Harbor: at .100 with the platform CA's certificate, none of the chart's
+    // insecure defaults, every secret the appliance's, no Trivy.
+    let all: String = s.plan.files().map(|f| f.body.as_str()).collect();
+    for default in ["Harbor12345", "not-a-secure-key", "changeit", "harbor_registry_password", "core.harbor.domain"] {
+        assert!(!all.contains(default), "the chart's default `{default}` is in the plan");
+    }
+    assert!(!all.contains("trivy-adapter"), "Trivy is off");
+    let harbor = find("Service", "harbor");
+    assert_eq!(harbor["spec"]["type"], "LoadBalancer");
+    assert_eq!(harbor["metadata"]["annotations"]["metallb.universe.tf/loadBalancerIPs"], "192.168.122.100");
+    assert_eq!(find("Certificate", "harbor-tls")["spec"]["ipAddresses"], serde_json::json!(["192.168.122.100"]));
+    let harbor_secrets = &s.plan.files().find(|f| f.path == "70-harbor/secrets.yaml").unwrap().body;
+    let b64 = |v: &str| hearth_appliance::kubeconfig::base64_encode::encode(v.as_bytes());
+    for secret in [Secret::HarborAdmin, Secret::HarborSecretKey, Secret::HarborDatabase, Secret::HarborXsrf] {
+        assert!(harbor_secrets.contains(&b64(secrets().get(secret))), "{secret:?} is not Harbor's");
+    }
+    assert!(harbor_secrets.contains(&b64(&secrets().harbor_token().key_pem)), "the token key is the appliance's");
+    let ext = find("ConfigMap", "harbor-core");
+    assert_eq!(ext["data"]["EXT_ENDPOINT"], "https://192.168.122.100");
     // Argo CD's admin password is the appliance's, as a bcrypt hash Argo CD
     // compares logins with; its session key is the appliance's too.
     let argocd_secret = manifest::parse(&argo.files[1].body, "argocd-secret").unwrap().remove(0);
@@ -303,45 +399,46 @@ fn the_default_platform_renders_in_order_with_the_appliance_patches() {
             .contains("obj.status.health")
     );
     let ssa: Vec<&str> = s.plan.steps.iter().filter(|st| st.server_side).map(|st| st.name.as_str()).collect();
-    assert_eq!(ssa, ["60-argo-cd"]);
+    assert_eq!(ssa, ["60-argo-cd", "73-arc"], "Argo CD's and ARC's CRDs exceed the last-applied annotation");
 
     // The same appliance and state render the same bytes.
-    let again = platform::render(
-        &Appliance::default(),
-        &pki(),
-        &secrets(),
-        &sources(&tool("HEARTH_HELM").unwrap(), &s.up, s._work.path()),
-    )
-    .unwrap();
+    let again = render(&Appliance::default(), &secrets(), &tool("HEARTH_HELM").unwrap(), &s.up, s._work.path());
     assert_eq!(again, s.plan);
-    // Another appliance's secrets change the secret files only: the GitOps
-    // repository, which holds none, is the same commit.
-    let other = platform::render(
+    // Another appliance's secrets change the secret files, and in Harbor's
+    // objects only the pods' checksums of those secrets.
+    let other = render(
         &Appliance::default(),
-        &pki(),
         &Secrets::for_tests("another appliance"),
-        &sources(&tool("HEARTH_HELM").unwrap(), &s.up, s._work.path()),
-    )
-    .unwrap();
+        &tool("HEARTH_HELM").unwrap(),
+        &s.up,
+        s._work.path(),
+    );
+    let no_checksums = |t: &str| t.lines().filter(|l| !l.contains("\"checksum/")).collect::<Vec<_>>().join("\n");
     for (mine, theirs) in s.plan.files().zip(other.files()) {
         assert_eq!(mine.path, theirs.path);
-        let differ = mine.path.ends_with("argocd-secret.yaml") || mine.path.ends_with("git-admin.yaml");
-        assert_eq!(mine.body != theirs.body, differ, "{}", mine.path);
+        // The platform CA is the PKI's, and ESO's webhook Secret is empty.
+        let differ = ["60-argo-cd/argocd-secret.yaml", "70-harbor/secrets.yaml", "80-git-server/git-admin.yaml"]
+            .contains(&mine.path.as_str());
+        assert_eq!(mine.body != theirs.body, differ || mine.path == "70-harbor/harbor.yaml", "{}", mine.path);
+        assert_eq!(no_checksums(&mine.body) != no_checksums(&theirs.body), differ, "{}", mine.path);
     }
-    assert_eq!(other.gitops.as_ref().unwrap().head, s.plan.gitops.as_ref().unwrap().head);
 }
 
 #[test]
 fn every_rendered_object_is_valid_for_kubernetes_1_29_and_its_crds() {
-    let Some(s) = setup() else { return };
+    let (a, secrets) = configured();
+    let Some(s) = setup_with(&a, &secrets) else { return };
     let Some(validate) = tool("HEARTH_K8S_VALIDATE") else { return };
     let out = run(Command::new(&validate).args(["-k", "1.29.0", "--strict", "--no-warn"]).args(&s.files));
     assert!(!out.contains("ERROR"), "{out}");
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/tools/validate-crs.py");
     let python = s.python.clone().expect("HEARTH_K8S_PYTHON");
     let out = run(Command::new(&python).arg(&script).args(&s.files));
-    assert!(out.contains("custom resources: 6 checked, 0 problems"), "{out}");
+    assert!(out.contains("custom resources: 9 checked, 0 problems"), "{out}");
     for kind in [
+        "Certificate harbor-tls",
+        "ClusterSecretStore pulumi-esc",
+        "AutoscalingRunnerSet hearth",
         "IPAddressPool hearth-auto",
         "IPAddressPool hearth-fixed",
         "L2Advertisement hearth",
@@ -368,7 +465,8 @@ fn every_rendered_object_is_valid_for_kubernetes_1_29_and_its_crds() {
 
 #[test]
 fn the_default_recipe_preloads_every_image_the_platform_runs() {
-    let Some(s) = setup() else { return };
+    let (a, secrets) = configured();
+    let Some(s) = setup_with(&a, &secrets) else { return };
     let recipe = "images/ubuntu-24.04-k8s-1.29.toml";
     let images = default_recipe_images();
     platform::check(&s.plan, &images, recipe).unwrap();
@@ -447,15 +545,41 @@ fn the_default_recipes_manifest_pins_are_the_upstream_files() {
     let manifests = recipe["manifests"].as_array().unwrap();
     let mut components: Vec<&str> = manifests.iter().map(|m| m["component"].as_str().unwrap()).collect();
     components.sort();
-    assert_eq!(components, ["argo-cd", "cert-manager", "flannel", "ingress-nginx", "local-path", "metallb"]);
+    assert_eq!(
+        components,
+        [
+            "arc",
+            "arc-runner-set",
+            "argo-cd",
+            "cert-manager",
+            "external-secrets",
+            "flannel",
+            "harbor",
+            "helm",
+            "ingress-nginx",
+            "local-path",
+            "metallb"
+        ]
+    );
     let mut pinned = 0;
     for m in manifests {
-        assert!(Component::from_name(m["component"].as_str().unwrap()).is_some());
+        assert!(
+            m["component"].as_str() == Some("helm") || Component::from_name(m["component"].as_str().unwrap()).is_some()
+        );
         let url = m["urls"][0].as_str().unwrap();
+        let component = m["component"].as_str().unwrap();
         let Some(sha) = m.get("sha256").and_then(|s| s.as_str()) else {
-            assert_eq!(m["component"].as_str(), Some("cert-manager"), "only the release asset is left to hearth lock");
+            assert!(
+                ["cert-manager", "harbor", "external-secrets", "arc", "arc-runner-set"].contains(&component),
+                "only release assets and packaged charts are left to hearth lock, not {component}"
+            );
             continue;
         };
+        if component == "helm" {
+            // Helm's release tarball: pins.md's published sha256, not an upstream file here.
+            assert_eq!(sha, "a5844ef2c38ef6ddf3b5a8f7d91e7e0e8ebc39a38bb3fc8013d629c1ef29c259");
+            continue;
+        }
         let row = rows.iter().find(|r| r[8] == url).unwrap_or_else(|| panic!("{url} is not in FILES.tsv"));
         assert_eq!(row[5], sha, "{url}");
         let bytes = fs::read(up.join(row[0]).join(row[4])).unwrap();
@@ -542,7 +666,7 @@ fn the_gitops_repository_is_real_git_served_over_smart_http_and_holds_no_secret(
         "manifests/00-bootstrap/app-of-apps.yaml",
         "manifests/00-bootstrap/apps/10-flannel.yaml",
         "manifests/00-bootstrap/apps/60-argo-cd.yaml",
-        "manifests/00-bootstrap/apps/70-git-server.yaml",
+        "manifests/00-bootstrap/apps/80-git-server.yaml",
         "manifests/00-bootstrap/apps/99-applications.yaml",
         "manifests/infrastructure/flannel/kube-flannel.yaml",
         "manifests/infrastructure/ca-issuer/issuer.yaml",
@@ -564,6 +688,8 @@ fn the_gitops_repository_is_real_git_served_over_smart_http_and_holds_no_secret(
     let mut forbidden: Vec<String> = secrets().values().flat_map(|(_, v)| [v.to_owned(), b64(v)]).collect();
     forbidden.push(b64(&pki().platform_ca.key_pem));
     forbidden.push(b64(&secrets().bcrypt(Secret::ArgocdAdmin)));
+    forbidden.push(b64(&secrets().harbor_token().key_pem));
+    forbidden.push(b64(&secrets().htpasswd("harbor_registry_user", Secret::HarborRegistry)));
     for (path, body) in &repo.files {
         let text = String::from_utf8_lossy(body);
         for f in &forbidden {
@@ -645,11 +771,16 @@ fn gitops_export_writes_the_seeded_commit_and_access_names_where_each_password_i
     // A launched appliance as its record says: the manifests in files.
     let a = Appliance::default();
     let mut record = PlatformRecord { recipe: "test".into(), ..Default::default() };
-    for (c, text) in sources(&helm, &up, work.path()) {
+    let all = inputs(&helm, &up, work.path());
+    for (c, text) in &all.sources {
         let path = work.path().join(format!("{}.yaml", c.name()));
         fs::write(&path, text).unwrap();
         record.manifests.insert(c.name().to_owned(), path);
     }
+    for (c, (chart, _)) in &all.charts {
+        record.manifests.insert(c.name().to_owned(), chart.clone());
+    }
+    record.manifests.insert("helm".into(), helm.clone());
     let root = work.path().join("state");
     let state = State::new(&root, &a.name);
     state.save_launched(&Launched::new(&a, work.path(), 1, "qemu", &[], Some(&record))).unwrap();
@@ -658,8 +789,9 @@ fn gitops_export_writes_the_seeded_commit_and_access_names_where_each_password_i
     let dir = work.path().join("export");
     let head = lifecycle::gitops_export(&h, &a, &dir).unwrap();
     // The commit launch seeds: rendered from the same state and inputs.
-    let inputs = hearth_appliance::launch::PlatformInputs::load(&record).unwrap();
-    let plan = platform::render(&a, &state.pki().unwrap(), &state.secrets().unwrap(), &inputs.sources).unwrap();
+    let loaded = PlatformInputs::load(&record).unwrap();
+    let plan =
+        loaded.render(&a, &state.pki().unwrap(), &state.secrets().unwrap(), &work.path().join("scratch")).unwrap();
     assert_eq!(head, plan.gitops.unwrap().head);
     assert_eq!(git(&dir, &["rev-parse", "HEAD"]).trim(), head);
     git(&dir, &["fsck", "--strict", "--full", "--no-dangling"]);

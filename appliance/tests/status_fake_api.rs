@@ -77,6 +77,18 @@ impl Cluster {
             list("DaemonSetList", "apps/v1", items),
         );
     }
+    fn harbor_health(&self, components: &[(&str, &str)]) {
+        let all = components.iter().all(|(_, s)| *s == "healthy");
+        let body = json!({
+            "status": if all { "healthy" } else { "unhealthy" },
+            "components": components.iter().map(|(n, s)| json!({"name": n, "status": s})).collect::<Vec<_>>(),
+        });
+        serve_json(
+            &self.srv,
+            "/api/v1/namespaces/harbor/services/harbor-core:http-web/proxy/api/v2.0/health",
+            serde_json::to_vec(&body).unwrap(),
+        );
+    }
     fn applications(&self, items: Vec<Value>) {
         serve_json(
             &self.srv,
@@ -243,8 +255,44 @@ fn the_platform_section_names_the_first_thing_missing_with_its_reason() {
         application("metallb", Some("30"), "Synced", "Healthy", None),
         application("flannel", Some("10"), "Synced", "Healthy", None),
     ]);
+    // Then Harbor: its workloads, then its own health (through the API
+    // server's service proxy), an unhealthy database named.
+    assert_eq!(c.look().pending.as_deref(), Some("harbor: nothing deployed in namespace harbor yet"));
+    c.deployments(
+        "harbor",
+        vec![deployment("harbor", "harbor-core", true), deployment("harbor", "harbor-nginx", true)],
+    );
+    c.daemonsets("harbor", vec![]);
+    assert_eq!(c.look().pending.as_deref(), Some("harbor: /api/v2.0/health does not answer yet"));
+    c.harbor_health(&[("core", "healthy"), ("database", "unhealthy"), ("registry", "healthy")]);
+    let st = c.look();
+    assert_eq!(st.harbor_health.as_deref(), Some("unhealthy (database: unhealthy)"));
+    assert_eq!(st.pending.as_deref(), Some("harbor: /api/v2.0/health says unhealthy (database: unhealthy)"));
+    c.harbor_health(&[("core", "healthy"), ("database", "healthy"), ("registry", "healthy")]);
+    // Then External Secrets and ARC's controller.
+    assert_eq!(
+        c.look().pending.as_deref(),
+        Some("external-secrets: nothing deployed in namespace external-secrets yet")
+    );
+    c.deployments(
+        "external-secrets",
+        ["external-secrets", "external-secrets-webhook", "external-secrets-cert-controller"]
+            .iter()
+            .map(|n| deployment("external-secrets", n, true))
+            .collect(),
+    );
+    c.deployments("arc-systems", vec![deployment("arc-systems", "arc-gha-rs-controller", false)]);
+    assert_eq!(
+        c.look().pending.as_deref(),
+        Some(
+            "arc: Deployment arc-systems/arc-gha-rs-controller not available: MinimumReplicasUnavailable \
+             (Deployment does not have minimum availability.)"
+        )
+    );
+    c.deployments("arc-systems", vec![deployment("arc-systems", "arc-gha-rs-controller", true)]);
     let st = c.look();
     assert_eq!(st.pending, None, "{st:#?}");
+    assert_eq!(st.harbor_health.as_deref(), Some("healthy"));
     assert_eq!(st.ingress_ip.as_deref(), Some("192.168.122.101"));
     assert!(st.workloads.iter().all(|w| w.ready));
 }

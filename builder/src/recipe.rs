@@ -406,12 +406,17 @@ pub struct ManifestSpec {
     /// Input name (the file's name in its store entry).
     pub name: Spanned<String>,
     /// The platform component it installs (`flannel`, `local-path`, `metallb`,
-    /// `cert-manager`, `ingress-nginx`).
+    /// `cert-manager`, `ingress-nginx`, `argo-cd`; Helm charts: `harbor`,
+    /// `external-secrets`, `arc`, `arc-runner-set`), or `helm`: the Helm
+    /// release tarball the host renders the charts with.
     pub component: Spanned<String>,
     /// Where to fetch it.
     pub urls: Vec<FetchUrl>,
     /// Pinned digest (or from the pins file).
     pub sha256: Option<Sha256>,
+    /// For a chart inside a source archive: the chart's directory in it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
 }
 
 /// Which kind of input, with what that kind needs to be fetched.

@@ -207,7 +207,7 @@ pub fn root_application(a: &Appliance) -> Object {
 /// Argo CD's credentials for the user's repository (a labelled Secret), when
 /// the appliance names a token file.
 pub fn repo_credentials(a: &Appliance, secrets: &Secrets) -> Option<Object> {
-    let (repo, token) = (a.gitops.repo.as_ref()?, secrets.gitops_token()?);
+    let (repo, token) = (a.gitops.repo.as_ref()?, secrets.user_token(crate::secrets::UserToken::Gitops)?);
     let b64 = |s: &str| crate::kubeconfig::base64_encode::encode(s.as_bytes());
     Some(json!({
         "apiVersion": "v1",
@@ -377,7 +377,7 @@ pub fn git_server(a: &Appliance, secrets: &Secrets) -> (Vec<Object>, Object) {
 pub fn git_server_step(a: &Appliance, secrets: &Secrets) -> Step {
     let (objects, secret) = git_server(a, secrets);
     let mut s = super::step(
-        "70-git-server",
+        "80-git-server",
         Some(("git-server", &objects)),
         vec![
             Wait::Rollout { namespace: GIT_NAMESPACE.into(), object: "deployment/gitea".into() },
@@ -389,7 +389,7 @@ pub fn git_server_step(a: &Appliance, secrets: &Secrets) -> Step {
         ],
         900,
     );
-    s.files.insert(0, super::secret_file("70-git-server", "git-admin", &[secret]));
+    s.files.insert(0, super::secret_file("80-git-server", "git-admin", &[secret]));
     s
 }
 

@@ -121,6 +121,8 @@ pub fn pod_specs(o: &Object) -> Vec<(String, Object)> {
         }
         "CronJob" => at(&["spec", "jobTemplate", "spec", "template", "spec"]),
         "Pod" => at(&["spec"]),
+        // ARC's runner pods.
+        "AutoscalingRunnerSet" | "EphemeralRunnerSet" => at(&["spec", "template", "spec"]),
         _ => None,
     };
     if let Some(spec) = found {

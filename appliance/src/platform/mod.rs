@@ -16,6 +16,7 @@
 //!
 //! Pure: text in, text out; no process, clock or network.
 
+pub mod charts;
 pub mod git;
 pub mod gitops;
 pub mod manifest;
@@ -67,17 +68,30 @@ pub enum Component {
     IngressNginx,
     /// Argo CD `manifests/install.yaml` (namespace `argocd`).
     ArgoCd,
+    /// Harbor's chart (namespace `harbor`).
+    Harbor,
+    /// External Secrets Operator's chart (namespace `external-secrets`).
+    ExternalSecrets,
+    /// ARC's `gha-runner-scale-set-controller` chart (namespace `arc-systems`).
+    Arc,
+    /// ARC's `gha-runner-scale-set` chart (namespace `arc-runners`), when
+    /// `[platform.arc]` names a repository.
+    ArcRunners,
 }
 
 impl Component {
     /// Every component, in plan order.
-    pub const ALL: [Component; 6] = [
+    pub const ALL: [Component; 10] = [
         Component::Flannel,
         Component::LocalPath,
         Component::Metallb,
         Component::CertManager,
         Component::IngressNginx,
         Component::ArgoCd,
+        Component::Harbor,
+        Component::ExternalSecrets,
+        Component::Arc,
+        Component::ArcRunners,
     ];
 
     /// The name used in recipes, appliance.toml and messages.
@@ -89,6 +103,10 @@ impl Component {
             Component::CertManager => "cert-manager",
             Component::IngressNginx => "ingress-nginx",
             Component::ArgoCd => "argo-cd",
+            Component::Harbor => "harbor",
+            Component::ExternalSecrets => "external-secrets",
+            Component::Arc => "arc",
+            Component::ArcRunners => "arc-runner-set",
         }
     }
 
@@ -107,7 +125,16 @@ impl Component {
             Component::CertManager => c.cert_manager,
             Component::IngressNginx => c.ingress_nginx,
             Component::ArgoCd => c.argocd,
+            Component::Harbor => c.harbor,
+            Component::ExternalSecrets => c.external_secrets,
+            Component::Arc => c.arc,
+            Component::ArcRunners => c.arc && a.platform.arc.configured(),
         }
+    }
+
+    /// Whether its source is a Helm chart (rendered by Helm on the host first).
+    pub fn is_chart(self) -> bool {
+        charts::release(self).is_some()
     }
 }
 
@@ -371,6 +398,9 @@ pub fn render(a: &Appliance, pki: &Pki, secrets: &Secrets, sources: &Sources) ->
                 });
                 plan.steps.push(step("50-ingress-nginx", Some(("ingress-nginx", &objects)), waits, 600));
             }
+            Component::Harbor | Component::ExternalSecrets | Component::Arc | Component::ArcRunners => {
+                plan.steps.extend(chart_steps(c, a, secrets, objects));
+            }
             Component::ArgoCd => {
                 let secret = argocd(a, secrets, &mut objects)?;
                 let mut waits = rollouts(&objects);
@@ -390,6 +420,132 @@ pub fn render(a: &Appliance, pki: &Pki, secrets: &Secrets, sources: &Sources) ->
         gitops_steps(a, secrets, &mut plan);
     }
     Ok(plan)
+}
+
+/// Kinds that have no namespace.
+const CLUSTER_SCOPED: [&str; 12] = [
+    "CustomResourceDefinition",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "Namespace",
+    "ValidatingWebhookConfiguration",
+    "MutatingWebhookConfiguration",
+    "StorageClass",
+    "PriorityClass",
+    "IngressClass",
+    "PersistentVolume",
+    "ClusterIssuer",
+    "ClusterSecretStore",
+];
+
+/// Puts every namespaced object without a namespace into `ns`, and adds the
+/// Namespace first (neither `kubectl apply -f` nor `helm template` makes it).
+fn into_namespace(objects: &mut Vec<Object>, ns: &str) {
+    for o in objects.iter_mut() {
+        if !CLUSTER_SCOPED.contains(&manifest::kind(o)) && manifest::namespace(o).is_empty() {
+            o["metadata"]["namespace"] = json!(ns);
+        }
+    }
+    objects.insert(0, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}));
+}
+
+/// The steps of a chart component: Helm's objects but its Secrets in one
+/// file, those Secrets (which hold the appliance's secrets) in another, and
+/// what hearth adds (Harbor's certificate and token key, the Pulumi ESC
+/// store, the runners' GitHub credentials).
+fn chart_steps(c: Component, a: &Appliance, secrets: &Secrets, mut objects: Vec<Object>) -> Vec<Step> {
+    let r = charts::release(c).expect("a chart component");
+    into_namespace(&mut objects, r.namespace);
+    let (mut hidden, public): (Vec<Object>, Vec<Object>) =
+        objects.into_iter().partition(|o| manifest::kind(o) == "Secret");
+    let b64 = |s: &str| crate::kubeconfig::base64_encode::encode(s.as_bytes());
+    let mut public = public;
+    let mut waits = rollouts(&public);
+    let mut extra = Vec::new();
+    let (name, timeout) = match c {
+        Component::Harbor => {
+            let ip = a.harbor_ip().to_string();
+            public.push(json!({
+                "apiVersion": "cert-manager.io/v1",
+                "kind": "Certificate",
+                "metadata": {"name": charts::HARBOR_TLS_SECRET, "namespace": r.namespace},
+                "spec": {
+                    "secretName": charts::HARBOR_TLS_SECRET,
+                    "issuerRef": {"kind": "ClusterIssuer", "name": CA_ISSUER},
+                    "commonName": ip,
+                    "ipAddresses": [ip],
+                    "dnsNames": ["harbor", format!("harbor.{}.svc", r.namespace)],
+                },
+            }));
+            let token = secrets.harbor_token();
+            hidden.push(json!({
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": charts::HARBOR_TOKEN_SECRET, "namespace": r.namespace},
+                "type": "kubernetes.io/tls",
+                "data": {"tls.crt": b64(&token.cert_pem), "tls.key": b64(&token.key_pem)},
+            }));
+            waits.push(Wait::Value {
+                namespace: r.namespace.into(),
+                object: "service/harbor".into(),
+                path: "{.status.loadBalancer.ingress[0].ip}".into(),
+                value: ip,
+            });
+            ("70-harbor", 1800)
+        }
+        Component::ExternalSecrets => {
+            let p = &a.platform.pulumi;
+            if let (true, Some(token)) = (p.configured(), secrets.user_token(crate::secrets::UserToken::Pulumi)) {
+                let store = json!({
+                    "apiVersion": "external-secrets.io/v1beta1",
+                    "kind": "ClusterSecretStore",
+                    "metadata": {"name": "pulumi-esc"},
+                    "spec": {"provider": {"pulumi": {
+                        "organization": p.organization,
+                        "project": p.project,
+                        "environment": p.environment,
+                        "accessToken": {"secretRef": {"name": "pulumi-access-token", "key": "token", "namespace": r.namespace}},
+                    }}},
+                });
+                let token_secret = json!({
+                    "apiVersion": "v1",
+                    "kind": "Secret",
+                    "metadata": {"name": "pulumi-access-token", "namespace": r.namespace},
+                    "type": "Opaque",
+                    "data": {"token": b64(token)},
+                });
+                // Its webhook serves only after the rollout: retried. Not
+                // waited for Ready: that needs Pulumi Cloud on the network.
+                let mut st = step("72-pulumi-esc", Some(("cluster-secret-store", &[store])), vec![], 300);
+                st.files.insert(0, secret_file("72-pulumi-esc", "access-token", &[token_secret]));
+                st.retry_apply = true;
+                extra.push(st);
+            }
+            ("71-external-secrets", 900)
+        }
+        Component::Arc => ("73-arc", 900),
+        _ => {
+            if let Some(token) = secrets.user_token(crate::secrets::UserToken::Github) {
+                hidden.push(json!({
+                    "apiVersion": "v1",
+                    "kind": "Secret",
+                    "metadata": {"name": charts::ARC_GITHUB_SECRET, "namespace": r.namespace},
+                    "type": "Opaque",
+                    "data": {"github_token": b64(token)},
+                }));
+            }
+            ("74-arc-runners", 600)
+        }
+    };
+    let mut main = step(name, Some((c.name(), &public)), waits, timeout);
+    if !hidden.is_empty() {
+        main.files.push(secret_file(name, "secrets", &hidden));
+    }
+    // ARC's runner set is checked by the controller's webhook: retried.
+    main.retry_apply = c == Component::ArcRunners;
+    let mut out = vec![main];
+    out.extend(extra);
+    out
 }
 
 /// The Git server (unless the user's repository is named), the repository of
@@ -552,11 +708,8 @@ return health
 /// password's bcrypt hash and the session key, from the appliance's secrets.
 fn argocd(a: &Appliance, secrets: &Secrets, objects: &mut Vec<Object>) -> Result<Object, PlatformError> {
     let c = Component::ArgoCd;
-    const CLUSTER_SCOPED: [&str; 4] = ["CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding", "Namespace"];
+    into_namespace(objects, ARGOCD_NAMESPACE);
     for o in objects.iter_mut() {
-        if !CLUSTER_SCOPED.contains(&manifest::kind(o)) && manifest::namespace(o).is_empty() {
-            o["metadata"]["namespace"] = json!(ARGOCD_NAMESPACE);
-        }
         for list in ["initContainers", "containers"] {
             let spec = match manifest::kind(o) {
                 "Deployment" | "StatefulSet" | "DaemonSet" | "Job" => &mut o["spec"]["template"]["spec"][list],
@@ -586,7 +739,6 @@ fn argocd(a: &Appliance, secrets: &Secrets, objects: &mut Vec<Object>) -> Result
         "admin.password": b64(&secrets.bcrypt(Secret::ArgocdAdmin)),
         "server.secretkey": b64(secrets.get(Secret::ArgocdServerKey)),
     });
-    objects.insert(0, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ARGOCD_NAMESPACE}}));
     objects.push(json!({
         "apiVersion": "cert-manager.io/v1",
         "kind": "Certificate",
