@@ -261,7 +261,8 @@ fn the_platform_plan_rides_on_the_control_planes_seed_and_a_plan_needing_a_missi
     fs::write(
         &spec,
         format!(
-            "{}[platform.components]\nlocal_path = false\nmetallb = false\ncert_manager = false\ningress_nginx = false\nargocd = false\n",
+            "{}[platform.components]\nlocal_path = false\nmetallb = false\ncert_manager = false\ningress_nginx = false\nargocd = false\n\
+             harbor = false\nexternal_secrets = false\narc = false\n",
             fs::read_to_string(&spec).unwrap()
         ),
     )
@@ -324,5 +325,40 @@ fn the_platform_plan_rides_on_the_control_planes_seed_and_a_plan_needing_a_missi
     let again =
         fs::read_to_string(state.join("lab/seeds/k8s-control-plane/platform/10-flannel/kube-flannel.yaml")).unwrap();
     assert_eq!(again, rendered);
+
+    // No secret of the appliance is in its node image or anywhere in the store:
+    // the image's disk as raw bytes and every store file, searched by grep.
+    let secrets_dir = state.join("lab/secrets");
+    let mut patterns = String::new();
+    for e in fs::read_dir(&secrets_dir).unwrap() {
+        let path = e.unwrap().path();
+        assert_eq!(mode(&path), 0o600, "{}", path.display());
+        let text = fs::read_to_string(&path).unwrap();
+        if text.starts_with("-----BEGIN") {
+            // A PEM key or certificate: its longest base64 line.
+            patterns.push_str(text.lines().max_by_key(|l| l.len()).unwrap());
+        } else {
+            patterns.push_str(text.trim());
+        }
+        patterns.push('\n');
+    }
+    assert!(patterns.lines().count() >= 12, "{patterns}");
+    let pattern_file = env.path("secret-patterns");
+    fs::write(&pattern_file, &patterns).unwrap();
+    let grep = |target: &Path| {
+        Command::new("grep").args(["-a", "-r", "-l", "-F", "-f"]).arg(&pattern_file).arg(target).output().unwrap()
+    };
+    let image = PathBuf::from(launched["image"].as_str().unwrap());
+    let raw = env.path("disk.raw");
+    let c = Command::new("qemu-img").args(["convert", "-O", "raw"]).arg(image.join("disk.qcow2")).arg(&raw).output().unwrap();
+    assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
+    for target in [raw.as_path(), env.store.as_path()] {
+        let found = grep(target);
+        assert_eq!(found.status.code(), Some(1), "a secret is in {}: {}", target.display(), String::from_utf8_lossy(&found.stdout));
+    }
+    // The search can find one: a copy of a secret next to the raw disk.
+    fs::write(env.path("planted"), format!("x{}x", patterns.lines().next().unwrap())).unwrap();
+    assert_eq!(grep(&env.path("planted")).status.code(), Some(0), "the secret search finds nothing at all");
+    fs::remove_file(&raw).unwrap();
     env.run(&["destroy", spec_s]).ok();
 }
