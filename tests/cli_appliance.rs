@@ -321,7 +321,18 @@ fn the_platform_plan_rides_on_the_control_planes_seed_and_a_plan_needing_a_missi
     let launched: serde_json::Value =
         serde_json::from_slice(&fs::read(state.join("lab/launched.json")).unwrap()).unwrap();
     assert!(launched["platform"]["manifests"]["flannel"].as_str().unwrap().ends_with("/flannel.yml"));
+    let read_secrets = || {
+        let mut all: Vec<(String, Vec<u8>)> = fs::read_dir(state.join("lab/secrets"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), fs::read(&p).unwrap()))
+            .collect();
+        all.sort();
+        all
+    };
+    let secrets_before = read_secrets();
     env.run(&["reinstall", spec_s, "--wait", "running", "--offline"]).ok();
+    assert_eq!(read_secrets(), secrets_before, "reinstall keeps the appliance's secrets");
     let again =
         fs::read_to_string(state.join("lab/seeds/k8s-control-plane/platform/10-flannel/kube-flannel.yaml")).unwrap();
     assert_eq!(again, rendered);
@@ -350,11 +361,22 @@ fn the_platform_plan_rides_on_the_control_planes_seed_and_a_plan_needing_a_missi
     };
     let image = PathBuf::from(launched["image"].as_str().unwrap());
     let raw = env.path("disk.raw");
-    let c = Command::new("qemu-img").args(["convert", "-O", "raw"]).arg(image.join("disk.qcow2")).arg(&raw).output().unwrap();
+    let c = Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(image.join("disk.qcow2"))
+        .arg(&raw)
+        .output()
+        .unwrap();
     assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
     for target in [raw.as_path(), env.store.as_path()] {
         let found = grep(target);
-        assert_eq!(found.status.code(), Some(1), "a secret is in {}: {}", target.display(), String::from_utf8_lossy(&found.stdout));
+        assert_eq!(
+            found.status.code(),
+            Some(1),
+            "a secret is in {}: {}",
+            target.display(),
+            String::from_utf8_lossy(&found.stdout)
+        );
     }
     // The search can find one: a copy of a secret next to the raw disk.
     fs::write(env.path("planted"), format!("x{}x", patterns.lines().next().unwrap())).unwrap();

@@ -9,6 +9,8 @@
 
 #![allow(clippy::print_stderr)]
 
+mod executor_rig;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -811,4 +813,61 @@ fn gitops_export_writes_the_seeded_commit_and_access_names_where_each_password_i
     assert_eq!(git_door.url, "http://git.hearth-git.svc.cluster.local:3000/hearth/platform.git");
     let e = lifecycle::secret(&h, &a, "nope").unwrap_err();
     assert!(e.hint().unwrap().contains("argocd-admin-password"), "{:?}", e.hint());
+}
+
+#[test]
+fn the_node_executor_bootstraps_the_whole_platform_in_order_and_the_root_application_last() {
+    // The real default plan, run by the node's executor against the recording
+    // kubectl STAND-IN (no cluster here: every wait succeeds at once).
+    let Some(s) = setup() else { return };
+    let rig = executor_rig::Rig::new(&s.plan);
+    let (ok, console, calls) = rig.run(&[]);
+    assert!(ok, "{console}");
+    let applied: Vec<String> = calls
+        .iter()
+        .filter(|c| c.starts_with("apply "))
+        .map(|c| {
+            let file = c.split(" -f ").nth(1).unwrap().split(' ').next().unwrap();
+            file.strip_prefix(&format!("{}/", rig.path("plan").display())).unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(
+        applied,
+        [
+            "10-flannel/kube-flannel.yaml",
+            "20-local-path/local-path.yaml",
+            "30-metallb/metallb-native.yaml",
+            "31-metallb-pools/pools.yaml",
+            "40-cert-manager/cert-manager.yaml",
+            "41-ca-issuer/platform-ca.yaml",
+            "41-ca-issuer/issuer.yaml",
+            "50-ingress-nginx/ingress-nginx.yaml",
+            "60-argo-cd/argo-cd.yaml",
+            "60-argo-cd/argocd-secret.yaml",
+            "70-harbor/harbor.yaml",
+            "70-harbor/secrets.yaml",
+            "71-external-secrets/external-secrets.yaml",
+            "71-external-secrets/secrets.yaml",
+            "73-arc/arc.yaml",
+            "80-git-server/git-admin.yaml",
+            "80-git-server/git-server.yaml",
+            "90-app-of-apps/app-of-apps.yaml",
+        ]
+    );
+    // Every applied file is the host's, byte for byte; the large ones server-side.
+    for c in calls.iter().filter(|c| c.starts_with("apply ")) {
+        let path = c.split(" -f ").nth(1).unwrap().split(' ').next().unwrap();
+        let rel = path.strip_prefix(&format!("{}/", rig.path("plan").display())).unwrap();
+        let body = &s.plan.files().find(|f| f.path == rel).unwrap().body;
+        assert!(c.ends_with(&format!("sha256={}", executor_rig::sha(body))), "{c}");
+        let ssa = rel.starts_with("60-argo-cd/") || rel.starts_with("73-arc/");
+        assert_eq!(c.contains("--server-side"), ssa, "{c}");
+    }
+    // The root, last, points at the in-cluster repository and waits for Argo CD's verdict.
+    let root = manifest::parse(&s.plan.steps.last().unwrap().files[0].body, "root").unwrap().remove(0);
+    assert_eq!(root["spec"]["source"]["repoURL"], "http://git.hearth-git.svc.cluster.local:3000/hearth/platform.git");
+    assert_eq!(root["spec"]["source"]["path"], "manifests/00-bootstrap");
+    let last_two: Vec<&String> = calls.iter().rev().take(2).collect();
+    assert!(last_two.iter().any(|c| c.contains("application/hearth-root") && c.contains("=Healthy")), "{calls:#?}");
+    assert!(console.contains("hearth-firstboot: platform ready"), "{console}");
 }
