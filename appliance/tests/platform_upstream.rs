@@ -10,6 +10,7 @@
 #![allow(clippy::print_stderr)]
 
 mod executor_rig;
+mod upstream_charts;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -59,76 +60,6 @@ fn run(cmd: &mut Command) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for e in fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            fs::copy(e.path(), target).unwrap();
-        }
-    }
-}
-
-/// cert-manager's `cert-manager.yaml` as its release makes it: Chart.yaml from
-/// Chart.template.yaml (version and appVersion v1.15.5), `templates/crds.yaml`
-/// from `deploy/crds/*.yaml` joined by `---`, then `helm template` with
-/// `crds.enabled`, `creator=static`, no startupapicheck, after the Namespace.
-fn cert_manager_static(helm: &Path, up: &Path, work: &Path) -> String {
-    let src = up.join("cert-manager-v1.15.5/deploy");
-    let chart = work.join("cert-manager");
-    copy_dir(&src.join("charts/cert-manager"), &chart);
-    let template = fs::read_to_string(chart.join("Chart.template.yaml")).unwrap();
-    let chart_yaml = template.replace("v0.0.0", "v1.15.5").replace("\"{{IS_PRERELEASE}}\"", "\"false\"");
-    assert_ne!(chart_yaml, template, "Chart.template.yaml has the release placeholders");
-    fs::write(chart.join("Chart.yaml"), chart_yaml).unwrap();
-    let mut crds: Vec<PathBuf> = fs::read_dir(src.join("crds"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    crds.sort();
-    let joined: Vec<String> = crds.iter().map(|p| fs::read_to_string(p).unwrap()).collect();
-    fs::write(chart.join("templates/crds.yaml"), joined.join("\n---\n")).unwrap();
-    let rendered = run(Command::new(helm)
-        .args([
-            "template",
-            "--api-versions=",
-            "--namespace=cert-manager",
-            "--set=crds.enabled=true",
-            "--set=creator=static",
-            "--set=startupapicheck.enabled=false",
-            "cert-manager",
-        ])
-        .arg(&chart));
-    format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: cert-manager\n---\n{rendered}")
-}
-
-/// External Secrets' chart as its release packs it: the disabled
-/// `bitwarden-sdk-server` dependency (not shipped in the repository) dropped,
-/// the CRDs of `deploy/crds/bundle.yaml` in `templates/crds/`, behind
-/// `installCRDs`.
-fn external_secrets_chart(up: &Path, work: &Path) -> PathBuf {
-    let src = up.join("external-secrets-helm-chart-0.10.7/deploy");
-    let chart = work.join("external-secrets");
-    copy_dir(&src.join("charts/external-secrets"), &chart);
-    let yaml = fs::read_to_string(chart.join("Chart.yaml")).unwrap();
-    let (kept, deps) = yaml.split_once("dependencies:").expect("Chart.yaml declares its dependencies");
-    assert!(deps.contains("bitwarden-sdk-server") && deps.contains("condition: bitwarden-sdk-server.enabled"));
-    fs::write(chart.join("Chart.yaml"), kept).unwrap();
-    let _ = fs::remove_file(chart.join("Chart.lock"));
-    let bundle = fs::read_to_string(src.join("crds/bundle.yaml")).unwrap();
-    assert!(!bundle.contains("{{"), "the CRDs hold nothing Helm would template");
-    fs::write(
-        chart.join("templates/crds/bundle.yaml"),
-        format!("{{{{- if .Values.installCRDs }}}}\n{bundle}{{{{- end }}}}\n"),
-    )
-    .unwrap();
-    chart
-}
-
 /// The platform's inputs from the upstream files: the manifests, the charts
 /// (directories), and the test setup's Helm binary.
 fn inputs(helm: &Path, up: &Path, work: &Path) -> PlatformInputs {
@@ -137,7 +68,7 @@ fn inputs(helm: &Path, up: &Path, work: &Path) -> PlatformInputs {
         sources: sources(helm, up, work),
         charts: std::collections::BTreeMap::from([
             (Component::Harbor, (up.join("harbor-helm-v1.15.1"), None)),
-            (Component::ExternalSecrets, (external_secrets_chart(up, work), None)),
+            (Component::ExternalSecrets, (upstream_charts::external_secrets_chart(up, work), None)),
             (Component::Arc, (arc.join("gha-runner-scale-set-controller"), None)),
             (Component::ArcRunners, (arc.join("gha-runner-scale-set"), None)),
         ]),
@@ -157,7 +88,7 @@ fn sources(helm: &Path, up: &Path, work: &Path) -> Sources {
         (Component::Flannel, read("flannel-v0.25.5/Documentation/kube-flannel.yml")),
         (Component::LocalPath, read("local-path-provisioner-v0.0.28/deploy/local-path-storage.yaml")),
         (Component::Metallb, read("metallb-v0.14.8/config/manifests/metallb-native.yaml")),
-        (Component::CertManager, cert_manager_static(helm, up, work)),
+        (Component::CertManager, upstream_charts::cert_manager_static(helm, up, work)),
         (Component::IngressNginx, read("ingress-nginx-controller-v1.11.5/deploy/static/provider/cloud/deploy.yaml")),
         (Component::ArgoCd, read("argo-cd-v2.11.14/manifests/install.yaml")),
     ])
