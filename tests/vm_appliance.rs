@@ -366,7 +366,48 @@ fn openssl_ca_hash(ca: &Path) -> String {
 }
 
 #[allow(clippy::too_many_lines)]
-fn check_generation(env: &Env, spec_path: &Path, state: &Path, boot: &Boot, generation: u32) {
+/// The other components Argo CD needs, each the smallest manifest of the
+/// upstream shape hearth patches, running the fixture's image. Argo CD's
+/// server pulls `Always` upstream, which hearth must turn to `IfNotPresent`.
+fn small_platform(image: &str) -> Vec<(&'static str, String)> {
+    let deployment = |ns: &str, name: &str, policy: &str| {
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  \
+             selector:\n    matchLabels:\n      app: {name}\n  template:\n    metadata:\n      labels:\n        app: {name}\n    \
+             spec:\n      containers:\n      - name: {name}\n        image: {image}\n        imagePullPolicy: {policy}\n"
+        )
+    };
+    vec![
+        (
+            "metallb",
+            format!(
+                "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: metallb-system\n---\n{}",
+                deployment("metallb-system", "controller", "IfNotPresent")
+            ),
+        ),
+        (
+            "cert-manager",
+            format!(
+                "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: cert-manager\n---\n{}",
+                deployment("cert-manager", "cert-manager", "IfNotPresent")
+            ),
+        ),
+        (
+            "argo-cd",
+            format!(
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: argocd-cm\n---\n\
+                 apiVersion: v1\nkind: Secret\nmetadata:\n  name: argocd-secret\ntype: Opaque\n---\n\
+                 apiVersion: v1\nkind: Service\nmetadata:\n  name: argocd-server\nspec:\n  ports:\n  - port: 443\n  \
+                 selector:\n    app: argocd-server\n---\n{}",
+                deployment("", "argocd-server", "Always").replace("\n  namespace: \n", "\n")
+            ),
+        ),
+    ]
+}
+
+/// Checks one generation; returns the sha256 of the Argo CD secret the
+/// control plane applied (the appliance's password hash and session key).
+fn check_generation(env: &Env, spec_path: &Path, state: &Path, boot: &Boot, generation: u32) -> String {
     let a = parse_spec(&std::fs::read_to_string(spec_path).unwrap()).unwrap();
     let token = std::fs::read_to_string(state.join("token")).unwrap().trim().to_owned();
     let ca_hash = openssl_ca_hash(&state.join("pki/ca.crt"));
@@ -424,6 +465,36 @@ fn check_generation(env: &Env, spec_path: &Path, state: &Path, boot: &Boot, gene
         assert!(after_reset.contains(&format!("hearth-firstboot: {line}")), "{line}:\n{}", tail(after_reset, 30));
     }
     assert!(!after_reset.contains("stage kubeadm-init"), "kubeadm init ran again after the reset");
+    // Then MetalLB's pools, the CA issuer, Argo CD with the appliance's
+    // secret, and last the root Application (here the user's repository, with
+    // its credentials delivered by the seed), each the host's file.
+    let host =
+        |rel: &str| sha256_hex(&std::fs::read(state.join("seeds/k8s-control-plane/platform").join(rel)).unwrap());
+    let applied = |rel: &str| {
+        let line = format!("-f /etc/hearth/platform/{rel} sha256 {}", host(rel));
+        calls
+            .iter()
+            .rposition(|c| c.starts_with("apply ") && c.ends_with(&line))
+            .unwrap_or_else(|| panic!("{line}: {calls:#?}"))
+    };
+    let order = [
+        "31-metallb-pools/pools.yaml",
+        "41-ca-issuer/platform-ca.yaml",
+        "41-ca-issuer/issuer.yaml",
+        "60-argo-cd/argo-cd.yaml",
+        "60-argo-cd/argocd-secret.yaml",
+        "90-app-of-apps/repo-credentials.yaml",
+        "90-app-of-apps/app-of-apps.yaml",
+    ];
+    let at_apply: Vec<usize> = order.iter().map(|rel| applied(rel)).collect();
+    assert!(at_apply.windows(2).all(|w| w[0] < w[1]), "{order:?} at {at_apply:?}:\n{calls:#?}");
+    let last_apply = calls.iter().rposition(|c| c.starts_with("apply ")).unwrap();
+    assert_eq!(last_apply, at_apply[at_apply.len() - 1], "the root Application is applied last");
+    let root = std::fs::read_to_string(state.join("seeds/k8s-control-plane/platform/90-app-of-apps/app-of-apps.yaml"))
+        .unwrap();
+    assert!(root.contains("\"repoURL\": \"https://github.com/example/platform\""), "{root}");
+    let argo = std::fs::read_to_string(state.join("seeds/k8s-control-plane/platform/60-argo-cd/argo-cd.yaml")).unwrap();
+    assert!(argo.contains("\"imagePullPolicy\": \"IfNotPresent\"") && !argo.contains("\"Always\""), "{argo}");
     assert!(String::from_utf8_lossy(&rendered).contains("10.244.0.0/16"));
     // hearth's own view, from inside the namespace.
     let st = hearth(env, &["status", spec_path.to_str().unwrap(), "--json"]).ok();
@@ -435,6 +506,7 @@ fn check_generation(env: &Env, spec_path: &Path, state: &Path, boot: &Boot, gene
     assert_eq!(st["nodes"][0]["firstboot"], "done", "the control plane is through its platform plan");
     assert_eq!(st["nodes"][1]["firstboot"], "done");
     assert_eq!(st["pending"], "api", "the stand-in starts no API server");
+    host("60-argo-cd/argocd-secret.yaml")
 }
 
 fn ping_from_namespace(ip: &str) {
@@ -477,8 +549,15 @@ fn launched_vms_run_kubeadm_as_generated_reinstall_and_destroy_only_ours() {
         &format!(
             "[[files]]\npath = \"/usr/bin/kubeadm\"\nmode = \"0755\"\ncontent = '''\n{KUBEADM_STAND_IN}'''\n\
              [[files]]\npath = \"/usr/bin/kubectl\"\nmode = \"0755\"\ncontent = '''\n{KUBECTL_STAND_IN}'''\n\
-             [[manifests]]\nname = \"kube-flannel.yml\"\ncomponent = \"flannel\"\nurls = [\"{}\"]\n",
-            srv.url(flannel_path)
+             [[manifests]]\nname = \"kube-flannel.yml\"\ncomponent = \"flannel\"\nurls = [\"{}\"]\n{}",
+            srv.url(flannel_path),
+            ["metallb", "cert-manager", "argo-cd"]
+                .iter()
+                .map(|c| format!(
+                    "[[manifests]]\nname = \"{c}.yaml\"\ncomponent = \"{c}\"\nurls = [\"{}\"]\n",
+                    srv.url(&format!("/manifests/{c}.yaml"))
+                ))
+                .collect::<String>()
         ),
     );
     let flannel = small_flannel(&image_ref);
@@ -486,7 +565,14 @@ fn launched_vms_run_kubeadm_as_generated_reinstall_and_destroy_only_ours() {
     let text = std::fs::read_to_string(&recipe).unwrap();
     let url_line = format!("urls = [\"{}\"]\n", srv.url(flannel_path));
     let pinned = format!("{url_line}sha256 = \"{}\"\n", sha256_hex(flannel.as_bytes()));
-    std::fs::write(&recipe, text.replace(&url_line, &pinned)).unwrap();
+    let mut text = text.replace(&url_line, &pinned);
+    for (component, body) in small_platform(&image_ref) {
+        let path = format!("/manifests/{component}.yaml");
+        srv.serve(&path, body.clone().into_bytes(), hearth_testsupport::Behavior::Normal);
+        let url_line = format!("urls = [\"{}\"]\n", srv.url(&path));
+        text = text.replace(&url_line, &format!("{url_line}sha256 = \"{}\"\n", sha256_hex(body.as_bytes())));
+    }
+    std::fs::write(&recipe, text).unwrap();
     env.run(&["build", recipe.to_str().unwrap()]).ok();
     // From here on every `hearth` runs inside the namespace (the build above
     // fetched from the loopback server outside it).
@@ -501,13 +587,15 @@ fn launched_vms_run_kubeadm_as_generated_reinstall_and_destroy_only_ours() {
         &spec,
         "name = \"vmtest\"\nlibvirt_uri = \"qemu:///system\"\ndomain_type = \"qemu\"\nrecipe = \"fixture.toml\"\n\
          storage_dir = \"storage\"\n\
-         [platform.components]\nlocal_path = false\nmetallb = false\ncert_manager = false\ningress_nginx = false\nargocd = false\n\
+         [platform.components]\nlocal_path = false\ningress_nginx = false\nharbor = false\nexternal_secrets = false\narc = false\n\
+         [gitops]\nrepo = \"https://github.com/example/platform\"\ncredentials = \"gitops.token\"\n\
          [[nodes]]\nname = \"k8s-control-plane\"\nrole = \"control-plane\"\nip = \"192.168.122.10\"\nvcpus = 2\nmemory_mib = 1792\ndisk_gib = 10\n\
          [[nodes]]\nname = \"k8s-worker-1\"\nrole = \"worker\"\nip = \"192.168.122.11\"\nvcpus = 1\nmemory_mib = 1024\ndisk_gib = 10\n\
          [[nodes]]\nname = \"k8s-worker-2\"\nrole = \"worker\"\nip = \"192.168.122.12\"\nvcpus = 1\nmemory_mib = 1024\ndisk_gib = 10\n",
     )
     .unwrap();
     let spec_s = spec.to_str().unwrap();
+    std::fs::write(env.path("recipe/gitops.token"), "ghp_vmtest0123456789abcdefghijklmnopqrstu\n").unwrap();
     let a = parse_spec(&std::fs::read_to_string(&spec).unwrap()).unwrap();
     let storage = env.path("recipe/storage");
     let nodes: Vec<(String, Role, PathBuf)> = a
@@ -549,7 +637,7 @@ fn launched_vms_run_kubeadm_as_generated_reinstall_and_destroy_only_ours() {
     let state = state_root.join("vmtest");
     let boot = wait_for_first_boots(&nodes, started, seen);
     report("launch", &boot);
-    check_generation(&env, &spec, &state, &boot, 1);
+    let argocd_secret_1 = check_generation(&env, &spec, &state, &boot, 1);
     let ca = std::fs::read(state.join("pki/ca.crt")).unwrap();
     let token = std::fs::read(state.join("token")).unwrap();
 
@@ -563,7 +651,8 @@ fn launched_vms_run_kubeadm_as_generated_reinstall_and_destroy_only_ours() {
     r.ok().stderr_has("(generation 2)");
     let boot = wait_for_first_boots(&nodes, started, seen);
     report("reinstall", &boot);
-    check_generation(&env, &spec, &state, &boot, 2);
+    let argocd_secret_2 = check_generation(&env, &spec, &state, &boot, 2);
+    assert_eq!(argocd_secret_1, argocd_secret_2, "reinstall keeps the appliance's secrets");
     assert_eq!(std::fs::read(state.join("pki/ca.crt")).unwrap(), ca);
     assert_eq!(std::fs::read(state.join("token")).unwrap(), token);
 

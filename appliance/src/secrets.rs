@@ -49,6 +49,8 @@ pub enum Secret {
     ArgocdServerKey,
     /// The in-cluster Git server's `hearth` user.
     GitAdmin,
+    /// The in-cluster Git server's `SECRET_KEY` (encrypts what it stores).
+    GitSecretKey,
     /// Harbor's `admin` password.
     HarborAdmin,
     /// Harbor's `secretKey`, which encrypts its stored credentials (16 characters).
@@ -69,10 +71,11 @@ pub enum Secret {
 
 impl Secret {
     /// Every secret, in a fixed order.
-    pub const ALL: [Secret; 11] = [
+    pub const ALL: [Secret; 12] = [
         Secret::ArgocdAdmin,
         Secret::ArgocdServerKey,
         Secret::GitAdmin,
+        Secret::GitSecretKey,
         Secret::HarborAdmin,
         Secret::HarborSecretKey,
         Secret::HarborCore,
@@ -89,6 +92,7 @@ impl Secret {
             Secret::ArgocdAdmin => "argocd-admin-password",
             Secret::ArgocdServerKey => "argocd-server-secretkey",
             Secret::GitAdmin => "git-admin-password",
+            Secret::GitSecretKey => "git-secret-key",
             Secret::HarborAdmin => "harbor-admin-password",
             Secret::HarborSecretKey => "harbor-secret-key",
             Secret::HarborCore => "harbor-core-secret",
@@ -114,6 +118,7 @@ impl Secret {
             Secret::ArgocdAdmin => "Argo CD user `admin`",
             Secret::ArgocdServerKey => "Argo CD session signing key",
             Secret::GitAdmin => "in-cluster Git server user `hearth`",
+            Secret::GitSecretKey => "in-cluster Git server's encryption key",
             Secret::HarborAdmin => "Harbor user `admin`",
             Secret::HarborSecretKey => "Harbor's encryption key for stored credentials",
             Secret::HarborCore => "Harbor core's internal secret",

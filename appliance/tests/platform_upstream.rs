@@ -368,6 +368,17 @@ fn every_rendered_object_is_valid_for_kubernetes_1_29_and_its_crds() {
     let python = s.python.clone().expect("HEARTH_K8S_PYTHON");
     let out = run(Command::new(&python).arg(&script).args(&s.files));
     assert!(out.contains("custom resources: 9 checked, 0 problems"), "{out}");
+    // The Pulumi store needs Pulumi Cloud: its Application waits behind the
+    // platform's waves instead of holding them back.
+    let repo = s.plan.gitops.as_ref().unwrap();
+    let app = String::from_utf8_lossy(&repo.files["manifests/00-bootstrap/apps/72-pulumi-esc.yaml"]).into_owned();
+    assert!(app.contains("\"argocd.argoproj.io/sync-wave\": \"99\""), "{app}");
+    let token = secrets.user_token(hearth_appliance::secrets::UserToken::Pulumi).unwrap();
+    let b64 = hearth_appliance::kubeconfig::base64_encode::encode(token.as_bytes());
+    for (path, body) in &repo.files {
+        let text = String::from_utf8_lossy(body);
+        assert!(!text.contains(token) && !text.contains(&b64), "{path} holds the Pulumi token");
+    }
     for kind in [
         "Certificate harbor-tls",
         "ClusterSecretStore pulumi-esc",

@@ -137,6 +137,9 @@ fn harbor(a: &Appliance, s: &Secrets) -> Value {
             "loadBalancer": {"annotations": {"metallb.universe.tf/loadBalancerIPs": ip}},
         },
         "externalURL": format!("https://{ip}"),
+        // The portal's "download the CA" link: cert-manager's CA issuer puts
+        // `ca.crt` in the TLS Secret.
+        "caSecretName": HARBOR_TLS_SECRET,
         "harborAdminPassword": s.get(Secret::HarborAdmin),
         "secretKey": s.get(Secret::HarborSecretKey),
         "imagePullPolicy": "IfNotPresent",

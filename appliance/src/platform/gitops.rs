@@ -21,7 +21,9 @@
 //! (rootless image, SQLite, data on the default StorageClass). It speaks Git's
 //! smart HTTP to Argo CD, takes a first push that creates the repository, is a
 //! single preloaded image with `git` inside (which the seeding Job uses), and
-//! gives the user a web view and pull requests on the same server. First boot
+//! gives the user a web view and pull requests on the same server (a
+//! ClusterIP Service: from the host, `kubectl -n hearth-git port-forward
+//! svc/git 3000`). First boot
 //! seeds it from a bundle on the control plane's seed; the Job pushes only
 //! when the repository is absent, so later pushes by the user are kept.
 //! With `[gitops] repo` Argo CD follows the user's repository instead, filled
@@ -128,6 +130,11 @@ fn injected_ca_bundles() -> serde_json::Value {
 /// that serves late); self-healing, never pruning the platform.
 fn application(a: &Appliance, step: &Step) -> Object {
     let (wave, name) = split_step(&step.name);
+    // A store that needs Pulumi Cloud is Degraded while it is out of reach
+    // (Argo CD checks ClusterSecretStore health): it must not hold back the
+    // platform's waves, so it comes after them.
+    let needs_network = step.files.iter().any(|f| !f.secret && f.body.contains("\"kind\": \"ClusterSecretStore\""));
+    let wave = if needs_network { 99 } else { wave };
     let mut options = vec!["RespectIgnoreDifferences=true"];
     if step.server_side {
         options.push("ServerSideApply=true");
@@ -243,7 +250,7 @@ echo "seeded $url"
 const SETUP_SCRIPT: &str = r#"set -eu
 gitea migrate
 if gitea admin user list | awk '{print $2}' | grep -qx hearth; then
-  gitea admin user change-password --username hearth --password "$GIT_PASSWORD"
+  gitea admin user change-password --username hearth --password "$GIT_PASSWORD" --must-change-password=false
 else
   gitea admin user create --admin --username hearth --password "$GIT_PASSWORD" \
     --email hearth@hearth.invalid --must-change-password=false
@@ -259,7 +266,13 @@ pub fn git_server(a: &Appliance, secrets: &Secrets) -> (Vec<Object>, Object) {
         "name": "GIT_PASSWORD",
         "valueFrom": {"secretKeyRef": {"name": "git-admin", "key": "password"}},
     });
-    let mut env = vec![password_env.clone()];
+    // Gitea encrypts what it stores (2FA secrets, tokens) with SECRET_KEY;
+    // left empty it falls back to a key every Gitea shares.
+    let secret_key_env = json!({
+        "name": "GITEA__security__SECRET_KEY",
+        "valueFrom": {"secretKeyRef": {"name": "git-admin", "key": "secret-key"}},
+    });
+    let mut env = vec![password_env.clone(), secret_key_env];
     for (k, v) in [
         ("GITEA__database__DB_TYPE", "sqlite3".to_owned()),
         ("GITEA__security__INSTALL_LOCK", "true".into()),
@@ -368,7 +381,11 @@ pub fn git_server(a: &Appliance, secrets: &Secrets) -> (Vec<Object>, Object) {
         "kind": "Secret",
         "metadata": {"name": "git-admin", "namespace": ns},
         "type": "Opaque",
-        "data": {"username": b64(GIT_USER), "password": b64(secrets.get(Secret::GitAdmin))},
+        "data": {
+            "username": b64(GIT_USER),
+            "password": b64(secrets.get(Secret::GitAdmin)),
+            "secret-key": b64(secrets.get(Secret::GitSecretKey)),
+        },
     });
     (objects, secret)
 }
