@@ -614,6 +614,14 @@ pub fn access(h: &Host, a: &Appliance) -> Result<Vec<Door>, Error> {
             secret: None,
         });
     }
+    if Component::Harbor.enabled(a) {
+        doors.push(Door {
+            what: "Harbor",
+            url: format!("https://{} (registry: docker login {0})", a.harbor_ip()),
+            user: Some("admin"),
+            secret: secret(Secret::HarborAdmin),
+        });
+    }
     if Component::ArgoCd.enabled(a) {
         doors.push(Door {
             what: "Argo CD",

@@ -751,6 +751,9 @@ fn gitops_export_writes_the_seeded_commit_and_access_names_where_each_password_i
     let (secret, path) = argo.secret.clone().unwrap();
     assert_eq!(secret, Secret::ArgocdAdmin);
     assert_eq!(fs::read_to_string(&path).unwrap().trim(), lifecycle::secret(&h, &a, "argocd-admin-password").unwrap());
+    let harbor = doors.iter().find(|d| d.what == "Harbor").unwrap();
+    assert!(harbor.url.starts_with("https://192.168.122.100"), "{}", harbor.url);
+    assert_eq!(harbor.secret.as_ref().unwrap().0, Secret::HarborAdmin);
     let git_door = doors.iter().find(|d| d.what == "GitOps repository").unwrap();
     assert_eq!(git_door.url, "http://git.hearth-git.svc.cluster.local:3000/hearth/platform.git");
     let e = lifecycle::secret(&h, &a, "nope").unwrap_err();
