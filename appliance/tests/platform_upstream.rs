@@ -724,7 +724,21 @@ fn gitops_export_writes_the_seeded_commit_and_access_names_where_each_password_i
     for (c, (chart, _)) in &all.charts {
         record.manifests.insert(c.name().to_owned(), chart.clone());
     }
-    record.manifests.insert("helm".into(), helm.clone());
+    // As the recipe gives them: Helm as its release tarball, ARC's charts in a
+    // source archive with the chart's directory inside (unpacked at launch).
+    let pack = work.path().join("pack");
+    fs::create_dir_all(pack.join("linux-amd64")).unwrap();
+    fs::copy(&helm, pack.join("linux-amd64/helm")).unwrap();
+    let tarball = work.path().join("helm-linux-amd64.tar.gz");
+    run(Command::new("tar").arg("-czf").arg(&tarball).arg("-C").arg(&pack).arg("linux-amd64"));
+    record.manifests.insert("helm".into(), tarball);
+    let arc_archive = work.path().join("arc-source.tar.gz");
+    let top = "actions-runner-controller-gha-runner-scale-set-0.9.3";
+    fs::create_dir_all(pack.join(top)).unwrap();
+    run(Command::new("cp").arg("-r").arg(up.join(format!("{top}/charts"))).arg(pack.join(top)));
+    run(Command::new("tar").arg("-czf").arg(&arc_archive).arg("-C").arg(&pack).arg(top));
+    record.manifests.insert("arc".into(), arc_archive);
+    record.chart_dirs.insert("arc".into(), format!("{top}/charts/gha-runner-scale-set-controller"));
     let root = work.path().join("state");
     let state = State::new(&root, &a.name);
     state.save_launched(&Launched::new(&a, work.path(), 1, "qemu", &[], Some(&record))).unwrap();
@@ -736,7 +750,13 @@ fn gitops_export_writes_the_seeded_commit_and_access_names_where_each_password_i
     let loaded = PlatformInputs::load(&record).unwrap();
     let plan =
         loaded.render(&a, &state.pki().unwrap(), &state.secrets().unwrap(), &work.path().join("scratch")).unwrap();
-    assert_eq!(head, plan.gitops.unwrap().head);
+    assert_eq!(head, plan.gitops.as_ref().unwrap().head);
+    // The same plan as from the unpacked charts and the Helm binary.
+    assert_eq!(
+        plan,
+        all.render(&a, &state.pki().unwrap(), &state.secrets().unwrap(), &work.path().join("scratch")).unwrap()
+    );
+    assert!(!work.path().join("scratch").exists(), "the scratch directory is removed");
     assert_eq!(git(&dir, &["rev-parse", "HEAD"]).trim(), head);
     git(&dir, &["fsck", "--strict", "--full", "--no-dangling"]);
     assert_eq!(git(&dir, &["status", "--porcelain"]), "");
