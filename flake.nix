@@ -25,6 +25,7 @@
           skopeo            # pushes fixture images in the OCI tests
           docker-distribution  # a real OCI registry on loopback
           cloud-init        # `cloud-init schema` validates generated user-data
+          gnutar gzip       # launch unpacks the recipe's Helm and source-archive charts
         ];
         hearth = pkgs.rustPlatform.buildRustPackage {
           pname = "hearth";
@@ -49,7 +50,7 @@
         apps.default = flake-utils.lib.mkApp { drv = hearth; };
         devShells.default = pkgs.mkShell {
           inputsFrom = [ hearth ];
-          packages = runtimeTools ++ (with pkgs; [ cargo rustc clippy rustfmt cargo-nextest hyperfine ]);
+          packages = runtimeTools ++ (with pkgs; [ cargo rustc clippy rustfmt cargo-nextest hyperfine git lighttpd ]);
         };
       });
 }
