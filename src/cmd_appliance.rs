@@ -58,6 +58,10 @@ impl Events for Notes {
                 "note: no SSH public key (~/.ssh/id_ed25519.pub or `ssh_public_key`): `hearth ssh` will not get in"
                     .into()
             }
+            Event::RecordLacks { component } => format!(
+                "note: `{component}` is on in the spec, but this appliance was launched without its input: it \
+                 stays off (`hearth destroy` and `hearth launch` with a recipe that has it add it)"
+            ),
             Event::NoPlatform => {
                 "note: the recipe has no platform manifests ([[manifests]]): no CNI and no platform will be \
                                   installed, so the nodes stay NotReady"

@@ -331,7 +331,19 @@ fn the_platform_plan_rides_on_the_control_planes_seed_and_a_plan_needing_a_missi
         all
     };
     let secrets_before = read_secrets();
-    env.run(&["reinstall", spec_s, "--wait", "running", "--offline"]).ok();
+    // A record from before Harbor, External Secrets and ARC existed: its spec
+    // lacks their switches (so they read as on) and its inputs lack them.
+    let record_path = state.join("lab/launched.json");
+    let mut old: serde_json::Value = serde_json::from_slice(&fs::read(&record_path).unwrap()).unwrap();
+    let comps = old["appliance"]["platform"]["components"].as_object_mut().unwrap();
+    for c in ["harbor", "external_secrets", "arc"] {
+        assert!(comps.remove(c).is_some(), "{c}");
+    }
+    fs::write(&record_path, serde_json::to_vec_pretty(&old).unwrap()).unwrap();
+    let r = env.run(&["reinstall", spec_s, "--wait", "running", "--offline"]).ok();
+    r.stderr_has("note: `harbor` is on in the spec, but this appliance was launched without its input: it stays off");
+    let now: serde_json::Value = serde_json::from_slice(&fs::read(&record_path).unwrap()).unwrap();
+    assert_eq!(now["appliance"]["platform"]["components"]["harbor"], false, "recorded as it was rendered");
     assert_eq!(read_secrets(), secrets_before, "reinstall keeps the appliance's secrets");
     let again =
         fs::read_to_string(state.join("lab/seeds/k8s-control-plane/platform/10-flannel/kube-flannel.yaml")).unwrap();

@@ -212,6 +212,12 @@ pub enum Event<'a> {
     /// The recipe has no platform manifests: the cluster gets no platform
     /// (and, without a CNI, no node becomes Ready).
     NoPlatform,
+    /// A component is on in the recorded spec, but the recorded launch has no
+    /// input for it (it was launched by an older hearth): it stays off.
+    RecordLacks {
+        /// The component.
+        component: &'static str,
+    },
     /// What was done with the network.
     Network(&'a NetworkUse),
     /// Where the host side of a launch spent its time.
@@ -729,6 +735,24 @@ fn bring_up(
     started: Instant,
 ) -> Result<Launched, Error> {
     let Next { image, platform, generation } = next;
+    // Generation 2 on renders what was recorded: a component the record has no
+    // input for (launched before hearth knew it) stays off, and is recorded so.
+    let recorded;
+    let a = match platform {
+        Some(record) if generation > 1 => {
+            let mut b = a.clone();
+            for c in crate::platform::Component::ALL {
+                let has = record.manifests.contains_key(c.name());
+                if c.enabled(&b) && !has && c != crate::platform::Component::ArcRunners {
+                    switch_off(&mut b, c);
+                    h.events.event(&Event::RecordLacks { component: c.name() });
+                }
+            }
+            recorded = b;
+            &recorded
+        }
+        _ => a,
+    };
     let key = ssh_public_key(a, h.home.as_deref())?;
     if key.is_none() {
         h.events.event(&Event::NoSshKey);
@@ -767,6 +791,23 @@ fn bring_up(
         took: started.elapsed(),
     });
     Ok(up.launched)
+}
+
+fn switch_off(a: &mut Appliance, c: crate::platform::Component) {
+    use crate::platform::Component as C;
+    let on = &mut a.platform.components;
+    match c {
+        C::Flannel => on.flannel = false,
+        C::LocalPath => on.local_path = false,
+        C::Metallb => on.metallb = false,
+        C::CertManager => on.cert_manager = false,
+        C::IngressNginx => on.ingress_nginx = false,
+        C::ArgoCd => on.argocd = false,
+        C::Harbor => on.harbor = false,
+        C::ExternalSecrets => on.external_secrets = false,
+        C::Arc => on.arc = false,
+        C::ArcRunners => {}
+    }
 }
 
 /// One look at a launched appliance.
