@@ -651,7 +651,9 @@ pub fn secret(h: &Host, a: &Appliance, name: &str) -> Result<String, Error> {
     let (state, l) = launched(h, a)?;
     let s = Secret::from_name(name)
         .ok_or_else(|| Error::NoSecret { name: l.appliance.name.clone(), secret: name.to_owned() })?;
-    Ok(state.secrets()?.get(s).to_owned())
+    let secrets = state.secrets()?;
+    // As the service takes it.
+    Ok(if s == Secret::HarborRobot { secrets.harbor_robot_password() } else { secrets.get(s).to_owned() })
 }
 
 fn node_of<'a>(l: &'a Launched, node: &str) -> Result<(&'a NodeSpec, &'a LaunchedNode), Error> {

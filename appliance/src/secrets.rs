@@ -67,11 +67,13 @@ pub enum Secret {
     HarborRegistry,
     /// The password of Harbor's internal PostgreSQL.
     HarborDatabase,
+    /// Harbor's robot account for the GitHub runners (see [`Secrets::harbor_robot_password`]).
+    HarborRobot,
 }
 
 impl Secret {
     /// Every secret, in a fixed order.
-    pub const ALL: [Secret; 12] = [
+    pub const ALL: [Secret; 13] = [
         Secret::ArgocdAdmin,
         Secret::ArgocdServerKey,
         Secret::GitAdmin,
@@ -84,6 +86,7 @@ impl Secret {
         Secret::HarborRegistryHttp,
         Secret::HarborRegistry,
         Secret::HarborDatabase,
+        Secret::HarborRobot,
     ];
 
     /// Its file name under `secrets/`, and the name `hearth secret` takes.
@@ -101,6 +104,7 @@ impl Secret {
             Secret::HarborRegistryHttp => "harbor-registry-http-secret",
             Secret::HarborRegistry => "harbor-registry-password",
             Secret::HarborDatabase => "harbor-database-password",
+            Secret::HarborRobot => "harbor-robot-secret",
         }
     }
 
@@ -127,6 +131,7 @@ impl Secret {
             Secret::HarborRegistryHttp => "Harbor registry's HTTP secret",
             Secret::HarborRegistry => "Harbor registry's internal user",
             Secret::HarborDatabase => "Harbor's PostgreSQL password",
+            Secret::HarborRobot => "Harbor robot `robot$hearth-runner` (the runners push with it)",
         }
     }
 
@@ -294,6 +299,13 @@ impl Secrets {
     /// Every value, for scans that prove a secret went nowhere it should not.
     pub fn values(&self) -> impl Iterator<Item = (Secret, &str)> {
         self.values.iter().map(|(s, v)| (*s, v.as_str()))
+    }
+
+    /// The password of Harbor's robot account for the runners. Harbor wants
+    /// an upper-case letter, a lower-case letter and a digit in it, which a
+    /// random string need not have: a fixed `Hr1` in front makes sure.
+    pub fn harbor_robot_password(&self) -> String {
+        format!("Hr1{}", self.get(Secret::HarborRobot))
     }
 
     /// An htpasswd line of `user` with the bcrypt hash of `secret`.

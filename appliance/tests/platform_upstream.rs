@@ -373,11 +373,29 @@ fn every_rendered_object_is_valid_for_kubernetes_1_29_and_its_crds() {
     let repo = s.plan.gitops.as_ref().unwrap();
     let app = String::from_utf8_lossy(&repo.files["manifests/00-bootstrap/apps/72-pulumi-esc.yaml"]).into_owned();
     assert!(app.contains("\"argocd.argoproj.io/sync-wave\": \"99\""), "{app}");
-    let token = secrets.user_token(hearth_appliance::secrets::UserToken::Pulumi).unwrap();
-    let b64 = hearth_appliance::kubeconfig::base64_encode::encode(token.as_bytes());
+    // The runners get Harbor's robot account: its login in their namespace,
+    // in their environment, made in Harbor by a Job after the runner set.
+    let names: Vec<&str> = s.plan.steps.iter().map(|st| st.name.as_str()).collect();
+    let at = |n: &str| names.iter().position(|x| *x == n).unwrap_or_else(|| panic!("{n}: {names:?}"));
+    assert!(at("74-arc-runners") < at("75-harbor-robot") && at("75-harbor-robot") < at("90-app-of-apps"));
+    let runners = &s.plan.files().find(|f| f.path == "74-arc-runners/arc-runner-set.yaml").unwrap().body;
+    assert!(runners.contains("\"HARBOR_PASSWORD\"") && runners.contains("\"name\": \"harbor-robot\""), "{runners}");
+    let robot = s.plan.files().find(|f| f.path == "75-harbor-robot/secrets.yaml").unwrap();
+    assert!(robot.secret);
+    let b64 = |v: &str| hearth_appliance::kubeconfig::base64_encode::encode(v.as_bytes());
+    assert!(robot.body.contains(&b64(&secrets.harbor_robot_password())));
+    // Nothing secret in the repository: not the user's tokens, not one of the appliance's.
+    let mut forbidden: Vec<String> = secrets.values().map(|(_, v)| v.to_owned()).collect();
+    forbidden.push(secrets.harbor_robot_password());
+    forbidden.extend(
+        [hearth_appliance::secrets::UserToken::Pulumi, hearth_appliance::secrets::UserToken::Github]
+            .map(|t| secrets.user_token(t).unwrap().to_owned()),
+    );
     for (path, body) in &repo.files {
         let text = String::from_utf8_lossy(body);
-        assert!(!text.contains(token) && !text.contains(&b64), "{path} holds the Pulumi token");
+        for f in &forbidden {
+            assert!(!text.contains(f.as_str()) && !text.contains(&b64(f)), "{path} holds a secret");
+        }
     }
     for kind in [
         "Certificate harbor-tls",

@@ -42,6 +42,12 @@ pub const ARC_GITHUB_SECRET: &str = "arc-github";
 pub const HARBOR_TLS_SECRET: &str = "harbor-tls";
 /// The Secret holding Harbor's token-signing key pair.
 pub const HARBOR_TOKEN_SECRET: &str = "harbor-token";
+/// Harbor's robot account for the runners (its full name; Harbor adds `robot$`).
+pub const HARBOR_ROBOT: &str = "robot$hearth-runner";
+/// The Secret in the runners' namespace holding the robot's login.
+pub const HARBOR_ROBOT_SECRET: &str = "harbor-robot";
+/// Harbor core's image (its chart's tag), which the robot Job runs (it has curl).
+pub const HARBOR_CORE_IMAGE: &str = "docker.io/goharbor/harbor-core:v2.11.1";
 /// The registry's internal user.
 pub const HARBOR_REGISTRY_USER: &str = "harbor_registry_user";
 
@@ -118,11 +124,26 @@ pub fn values(c: Component, a: &Appliance, secrets: &Secrets) -> Value {
                     "image": arc.runner_image,
                     "imagePullPolicy": "IfNotPresent",
                     "command": ["/home/runner/run.sh"],
+                    "env": runner_env(a),
                 }]}},
             })
         }
         _ => Value::Null,
     }
+}
+
+/// With Harbor: where a workflow logs in to push (`$HARBOR_REGISTRY`,
+/// `$HARBOR_USERNAME`, `$HARBOR_PASSWORD`, from the robot's Secret).
+fn runner_env(a: &Appliance) -> Value {
+    if !Component::Harbor.enabled(a) {
+        return json!([]);
+    }
+    let from = |key: &str| json!({"secretKeyRef": {"name": HARBOR_ROBOT_SECRET, "key": key}});
+    json!([
+        {"name": "HARBOR_REGISTRY", "value": a.harbor_ip().to_string()},
+        {"name": "HARBOR_USERNAME", "valueFrom": from("username")},
+        {"name": "HARBOR_PASSWORD", "valueFrom": from("password")},
+    ])
 }
 
 /// Harbor at `harbor_ip` (a LoadBalancer MetalLB gives that address), TLS

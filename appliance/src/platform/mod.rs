@@ -545,7 +545,87 @@ fn chart_steps(c: Component, a: &Appliance, secrets: &Secrets, mut objects: Vec<
     main.retry_apply = c == Component::ArcRunners;
     let mut out = vec![main];
     out.extend(extra);
+    if c == Component::ArcRunners && Component::Harbor.enabled(a) {
+        out.push(harbor_robot(a, secrets));
+    }
     out
+}
+
+/// Makes Harbor's robot account for the runners (system level, pull and push
+/// on every project), or finds it, and sets the appliance's password on it
+/// (Harbor's "refresh secret"), once Harbor answers; `HARBOR_API` overrides
+/// where Harbor is (tests).
+pub const ROBOT_SCRIPT: &str = r#"set -eu
+api="${HARBOR_API:-http://harbor-core.harbor.svc/api/v2.0}"
+auth="admin:$HARBOR_ADMIN_PASSWORD"
+first_id() { tr ',' '\n' | sed -n 's/^[[{ ]*"id": *\([0-9][0-9]*\) *$/\1/p' | head -n 1; }
+body='{"name":"hearth-runner","description":"hearth: the GitHub runners push with it","level":"system","duration":-1,"disable":false,"secret":"'"$ROBOT_PASSWORD"'","permissions":[{"kind":"project","namespace":"*","access":[{"resource":"repository","action":"pull"},{"resource":"repository","action":"push"}]}]}'
+code=$(curl -s -o /tmp/answer -w '%{http_code}' -u "$auth" -H 'Content-Type: application/json' \
+  -X POST "$api/robots" -d "$body")
+case "$code" in
+  201) id=$(first_id </tmp/answer) ;;
+  409) id=$(curl -sf -u "$auth" "$api/robots?q=name%3Drobot%24hearth-runner" | first_id) ;;
+  *) echo "Harbor answered $code: $(cat /tmp/answer)" >&2; exit 1 ;;
+esac
+[ -n "$id" ] || { echo "no robot id in Harbor's answer" >&2; exit 1; }
+# The password is the appliance's whether or not Harbor took it at creation.
+curl -sf -o /dev/null -u "$auth" -H 'Content-Type: application/json' \
+  -X PATCH "$api/robots/$id" -d '{"secret":"'"$ROBOT_PASSWORD"'"}'
+echo "robot\$hearth-runner (id $id) has the appliance's password"
+"#;
+
+/// The step that gives the runners a Harbor robot account: its login as a
+/// Secret in the runners' namespace (their `HARBOR_*` variables), and a Job
+/// (Harbor's core image, which has curl) that makes it in Harbor.
+fn harbor_robot(a: &Appliance, secrets: &Secrets) -> Step {
+    let b64 = |s: &str| crate::kubeconfig::base64_encode::encode(s.as_bytes());
+    let password = secrets.harbor_robot_password();
+    let login = json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": charts::HARBOR_ROBOT_SECRET, "namespace": charts::ARC_RUNNERS_NAMESPACE},
+        "type": "Opaque",
+        "data": {"username": b64(charts::HARBOR_ROBOT), "password": b64(&password), "registry": b64(&a.harbor_ip().to_string())},
+    });
+    let job_secret = json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "hearth-robot-setup", "namespace": charts::HARBOR_NAMESPACE},
+        "type": "Opaque",
+        "data": {"admin-password": b64(secrets.get(Secret::HarborAdmin)), "robot-password": b64(&password)},
+    });
+    let env = |name: &str, key: &str| json!({"name": name, "valueFrom": {"secretKeyRef": {"name": "hearth-robot-setup", "key": key}}});
+    let job = json!({
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "hearth-robot", "namespace": charts::HARBOR_NAMESPACE},
+        "spec": {
+            "backoffLimit": 30,
+            "template": {"spec": {
+                "restartPolicy": "OnFailure",
+                "containers": [{
+                    "name": "robot",
+                    "image": charts::HARBOR_CORE_IMAGE,
+                    "imagePullPolicy": "IfNotPresent",
+                    "command": ["sh", "-c", ROBOT_SCRIPT],
+                    "env": [env("HARBOR_ADMIN_PASSWORD", "admin-password"), env("ROBOT_PASSWORD", "robot-password")],
+                }],
+            }},
+        },
+    });
+    let name = "75-harbor-robot";
+    let mut st = step(
+        name,
+        Some(("robot", &[job])),
+        vec![Wait::Condition {
+            namespace: charts::HARBOR_NAMESPACE.into(),
+            object: "job/hearth-robot".into(),
+            condition: "Complete".into(),
+        }],
+        900,
+    );
+    st.files.insert(0, secret_file(name, "secrets", &[job_secret, login]));
+    st
 }
 
 /// The Git server (unless the user's repository is named), the repository of
