@@ -558,14 +558,15 @@ fn chart_steps(c: Component, a: &Appliance, secrets: &Secrets, mut objects: Vec<
 pub const ROBOT_SCRIPT: &str = r#"set -eu
 api="${HARBOR_API:-http://harbor-core.harbor.svc/api/v2.0}"
 auth="admin:$HARBOR_ADMIN_PASSWORD"
+answer="${TMPDIR:-/tmp}/harbor-answer"
 first_id() { tr ',' '\n' | sed -n 's/^[[{ ]*"id": *\([0-9][0-9]*\) *$/\1/p' | head -n 1; }
 body='{"name":"hearth-runner","description":"hearth: the GitHub runners push with it","level":"system","duration":-1,"disable":false,"secret":"'"$ROBOT_PASSWORD"'","permissions":[{"kind":"project","namespace":"*","access":[{"resource":"repository","action":"pull"},{"resource":"repository","action":"push"}]}]}'
-code=$(curl -s -o /tmp/answer -w '%{http_code}' -u "$auth" -H 'Content-Type: application/json' \
+code=$(curl -s -o "$answer" -w '%{http_code}' -u "$auth" -H 'Content-Type: application/json' \
   -X POST "$api/robots" -d "$body")
 case "$code" in
-  201) id=$(first_id </tmp/answer) ;;
+  201) id=$(first_id <"$answer") ;;
   409) id=$(curl -sf -u "$auth" "$api/robots?q=name%3Drobot%24hearth-runner" | first_id) ;;
-  *) echo "Harbor answered $code: $(cat /tmp/answer)" >&2; exit 1 ;;
+  *) echo "Harbor answered $code: $(cat "$answer")" >&2; exit 1 ;;
 esac
 [ -n "$id" ] || { echo "no robot id in Harbor's answer" >&2; exit 1; }
 # The password is the appliance's whether or not Harbor took it at creation.
