@@ -102,19 +102,8 @@ fn main() {
     let mut total = 0.0;
     for (c, text) in &sources {
         let mut a = Appliance::default();
-        let comps = &mut a.platform.components;
-        for (on, which) in [
-            (&mut comps.flannel, Component::Flannel),
-            (&mut comps.local_path, Component::LocalPath),
-            (&mut comps.metallb, Component::Metallb),
-            (&mut comps.cert_manager, Component::CertManager),
-            (&mut comps.ingress_nginx, Component::IngressNginx),
-            (&mut comps.argocd, Component::ArgoCd),
-            (&mut comps.harbor, Component::Harbor),
-            (&mut comps.external_secrets, Component::ExternalSecrets),
-            (&mut comps.arc, Component::Arc),
-        ] {
-            *on = which == *c;
+        for x in Component::ALL {
+            x.set_enabled(&mut a, x == *c);
         }
         let one = Sources::from([(*c, text.clone())]);
         let times: Vec<f64> = (0..RUNS)

@@ -746,7 +746,7 @@ fn bring_up(
             for c in crate::platform::Component::ALL {
                 let has = record.manifests.contains_key(c.name());
                 if c.enabled(&b) && !has && c != crate::platform::Component::ArcRunners {
-                    switch_off(&mut b, c);
+                    c.set_enabled(&mut b, false);
                     h.events.event(&Event::RecordLacks { component: c.name() });
                 }
             }
@@ -793,23 +793,6 @@ fn bring_up(
         took: started.elapsed(),
     });
     Ok(up.launched)
-}
-
-fn switch_off(a: &mut Appliance, c: crate::platform::Component) {
-    use crate::platform::Component as C;
-    let on = &mut a.platform.components;
-    match c {
-        C::Flannel => on.flannel = false,
-        C::LocalPath => on.local_path = false,
-        C::Metallb => on.metallb = false,
-        C::CertManager => on.cert_manager = false,
-        C::IngressNginx => on.ingress_nginx = false,
-        C::ArgoCd => on.argocd = false,
-        C::Harbor => on.harbor = false,
-        C::ExternalSecrets => on.external_secrets = false,
-        C::Arc => on.arc = false,
-        C::ArcRunners => {}
-    }
 }
 
 /// One look at a launched appliance.

@@ -34,7 +34,7 @@ use std::collections::BTreeMap;
 use serde_json::json;
 
 use super::manifest::{self, Object};
-use super::{ARGOCD_NAMESPACE, Plan, PlanFile, Step, Wait};
+use super::{ARGOCD_NAMESPACE, Plan, PlanFile, Step, Wait, b64};
 use crate::secrets::{Secret, Secrets};
 use crate::spec::Appliance;
 
@@ -215,7 +215,6 @@ pub fn root_application(a: &Appliance) -> Object {
 /// the appliance names a token file.
 pub fn repo_credentials(a: &Appliance, secrets: &Secrets) -> Option<Object> {
     let (repo, token) = (a.gitops.repo.as_ref()?, secrets.user_token(crate::secrets::UserToken::Gitops)?);
-    let b64 = |s: &str| crate::kubeconfig::base64_encode::encode(s.as_bytes());
     Some(json!({
         "apiVersion": "v1",
         "kind": "Secret",
@@ -375,7 +374,6 @@ pub fn git_server(a: &Appliance, secrets: &Secrets) -> (Vec<Object>, Object) {
             },
         }),
     ];
-    let b64 = |s: &str| crate::kubeconfig::base64_encode::encode(s.as_bytes());
     let secret = json!({
         "apiVersion": "v1",
         "kind": "Secret",

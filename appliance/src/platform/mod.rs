@@ -132,6 +132,24 @@ impl Component {
         }
     }
 
+    /// Switches it on or off in `a` (the runner set follows `[platform.arc]`:
+    /// it is left as it is).
+    pub fn set_enabled(self, a: &mut Appliance, on: bool) {
+        let c = &mut a.platform.components;
+        match self {
+            Component::Flannel => c.flannel = on,
+            Component::LocalPath => c.local_path = on,
+            Component::Metallb => c.metallb = on,
+            Component::CertManager => c.cert_manager = on,
+            Component::IngressNginx => c.ingress_nginx = on,
+            Component::ArgoCd => c.argocd = on,
+            Component::Harbor => c.harbor = on,
+            Component::ExternalSecrets => c.external_secrets = on,
+            Component::Arc => c.arc = on,
+            Component::ArcRunners => {}
+        }
+    }
+
     /// Whether its source is a Helm chart (rendered by Helm on the host first).
     pub fn is_chart(self) -> bool {
         charts::release(self).is_some()
@@ -296,6 +314,11 @@ impl Plan {
     }
 }
 
+/// Base64 of `s`, as a Secret's `data` holds it.
+fn b64(s: &str) -> String {
+    crate::kubeconfig::base64_encode::encode(s.as_bytes())
+}
+
 fn shape(component: Component, what: impl Into<String>) -> PlatformError {
     PlatformError::Shape { component: component.name(), what: what.into() }
 }
@@ -458,7 +481,6 @@ fn chart_steps(c: Component, a: &Appliance, secrets: &Secrets, mut objects: Vec<
     into_namespace(&mut objects, r.namespace);
     let (mut hidden, public): (Vec<Object>, Vec<Object>) =
         objects.into_iter().partition(|o| manifest::kind(o) == "Secret");
-    let b64 = |s: &str| crate::kubeconfig::base64_encode::encode(s.as_bytes());
     let mut public = public;
     let mut waits = rollouts(&public);
     let mut extra = Vec::new();
@@ -579,7 +601,6 @@ echo "robot\$hearth-runner (id $id) has the appliance's password"
 /// Secret in the runners' namespace (their `HARBOR_*` variables), and a Job
 /// (Harbor's core image, which has curl) that makes it in Harbor.
 fn harbor_robot(a: &Appliance, secrets: &Secrets) -> Step {
-    let b64 = |s: &str| crate::kubeconfig::base64_encode::encode(s.as_bytes());
     let password = secrets.harbor_robot_password();
     let login = json!({
         "apiVersion": "v1",
@@ -730,7 +751,6 @@ fn metallb_pools(a: &Appliance) -> Vec<Object> {
 
 /// The platform CA as a TLS Secret.
 fn ca_secret(pki: &Pki) -> Object {
-    let b64 = |s: &str| crate::kubeconfig::base64_encode::encode(s.as_bytes());
     json!({
         "apiVersion": "v1",
         "kind": "Secret",
@@ -815,7 +835,6 @@ fn argocd(a: &Appliance, secrets: &Secrets, objects: &mut Vec<Object>) -> Result
         .position(|o| manifest::kind(o) == "Secret" && manifest::name(o) == "argocd-secret")
         .ok_or_else(|| shape(c, "Secret argocd-secret"))?;
     let mut secret = objects.remove(at);
-    let b64 = |s: &str| crate::kubeconfig::base64_encode::encode(s.as_bytes());
     secret["data"] = json!({
         "admin.password": b64(&secrets.bcrypt(Secret::ArgocdAdmin)),
         "server.secretkey": b64(secrets.get(Secret::ArgocdServerKey)),
